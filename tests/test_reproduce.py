@@ -1,0 +1,187 @@
+"""Tests for reproduce.py's runner logic on a tiny grid with a fake runner (no training; < 2 s).
+
+Run: python -m pytest -q tests/test_reproduce.py
+"""
+import json
+import math
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import reproduce as R  # noqa: E402
+
+
+class FakeRunner:
+    """Stands in for subprocess_runner: writes a result.json like the child would, and counts calls."""
+
+    def __init__(self, fail=()):
+        self.calls, self.fail = [], set(fail)
+
+    def __call__(self, cell, log_path):
+        self.calls.append(cell.id)
+        Path(log_path).write_text(f"line 1\nlast words of {cell.id}\n")
+        if cell.id in self.fail:
+            return 3  # like a crashed child: exit code, no result.json
+        out = Path(cell.out_dir)
+        if cell.kind == "pretrain":
+            (out / "ckpt_best.pt").write_bytes(b"fake")
+            res = dict(task=cell.meta["source"], best_val_token_acc=0.9, val_exact_match=0.5, wall_s=1.0)
+        else:  # a made-up but deterministic score per method, task and seed
+            score = 10.0 + 3 * len(cell.meta["method"]) + cell.meta["seed"] + (5 if cell.meta["task"] == "mtop" else 0)
+            res = dict(task=cell.meta["task"], score=score, best_val_token_acc=score / 100, wall_s=2.0)
+        (out / "result.json").write_text(json.dumps(res))
+        return 0
+
+
+def grid(tmp_path, *flags):
+    args = R.parse_args(["--scale=cpu", f"--out={tmp_path / 'out'}", "--data_dir=D", *flags])
+    return R.build_cells(R.SCALES["cpu"], args)
+
+
+def test_rerun_skips_finished_cells(tmp_path):
+    cells = grid(tmp_path, "--tasks=mtop", "--tables=1,3", "--ln_values=0.4")
+    first = FakeRunner()
+    R.run_cells(cells, first)
+    assert len(first.calls) == len(cells) and len(set(first.calls)) == len(cells)
+    again = FakeRunner()
+    records = R.run_cells(grid(tmp_path, "--tasks=mtop", "--tables=1,3", "--ln_values=0.4"), again)
+    assert again.calls == [] and all(r["result"] for r in records)
+
+
+def test_killed_cell_is_rerun_from_scratch(tmp_path):
+    cells = grid(tmp_path, "--tasks=mtop", "--tables=3", "--ln_values=0.4")
+    R.run_cells(cells, FakeRunner())
+    killed = Path(cells[-1].out_dir)  # a run killed mid-cell leaves a folder without result.json
+    (killed / "result.json").unlink()
+    (killed / "half_written.tmp").write_text("junk")
+    runner = FakeRunner()
+    R.run_cells(cells, runner)
+    assert runner.calls == [cells[-1].id]
+    assert not (killed / "half_written.tmp").exists() and (killed / "result.json").exists()
+
+
+def test_failure_is_recorded_dependents_skipped_others_run(tmp_path):
+    cells = grid(tmp_path, "--tasks=mtop", "--tables=1")
+    runner = FakeRunner(fail={"pt-lime"})
+    records = {r["id"]: r for r in R.run_cells(cells, runner)}
+    assert "exit code 3" in records["pt-lime"]["error"] and "last words of pt-lime" in records["pt-lime"]["error"]
+    assert "skipped" in records["ft-lime-mtop-s0"]["error"] and "ft-lime-mtop-s0" not in runner.calls
+    assert records["ft-set-mtop-s0"]["result"] is not None  # the rest of the grid went on
+    stop = FakeRunner(fail={"ft-random-mtop-s0"})
+    R.run_cells(grid(tmp_path / "b", "--tasks=mtop", "--tables=1"), stop, fail_fast=True)
+    assert stop.calls == ["ft-random-mtop-s0"]
+
+
+def test_dependency_order(tmp_path):
+    cells = grid(tmp_path, "--tasks=mtop,retrosynthesis", "--seeds=2", "--extra_tasks=sort")
+    runner = FakeRunner()
+    R.run_cells(cells, runner)
+    pos = {cid: i for i, cid in enumerate(runner.calls)}
+    ft = [c for c in cells if c.kind == "finetune"]
+    for c in ft:  # every fine-tuning cell runs after the pre-training it loads (Table 1) or takes stats from (Table 2)
+        assert all(pos[d] < pos[c.id] for d in c.deps)
+        init = next(a for a in c.cmd if a.startswith("--init="))
+        if c.meta["source"] and c.meta["method"] != "natural":
+            assert c.deps == [f"pt-{c.meta['source']}"] and f"pt-{c.meta['source']}" in init
+    stats = [c for c in ft if c.meta["method"].startswith("stats-")]
+    assert len(stats) == 3 * 4 * 2 * 2  # sources x schemes x tasks x seeds
+    assert {c.meta["source"] for c in stats} == {"set", "lime", "identity"}
+    assert sum(c.kind == "pretrain" for c in cells) == 7  # natural + 5 Table 1 sources + sort, no duplicates
+    with pytest.raises(ValueError, match="comes after"):
+        R.run_cells(list(reversed(cells)), FakeRunner())
+
+
+def test_bad_settings_raise_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown downstream"):
+        grid(tmp_path, "--tasks=mtop,imagenet")
+    with pytest.raises(ValueError, match="--tables"):
+        grid(tmp_path, "--tables=4")
+    args = R.parse_args(["--scale=paper", "--tasks=mtop,cnndm_10k", "--t5_dir=T5"])
+    with pytest.raises(ValueError, match="--t5_v11_dir"):
+        R.build_cells(R.SCALES["paper"], args)
+    args = R.parse_args(["--scale=paper", "--tasks=mtop,cnndm_10k", "--t5_dir=T5", "--t5_v11_dir=V11", "--tables=3"])
+    inits = {c.meta["task"]: c.cmd for c in R.build_cells(R.SCALES["paper"], args) if c.meta["method"] == "natural"}
+    assert "--init=hf:T5" in inits["mtop"] and "--init=hf:V11" in inits["cnndm_10k"]
+
+
+def test_percent_benefit_arithmetic():
+    assert R.percent_benefit(50, 20, 80) == pytest.approx(50.0)  # 30 of 60
+    assert R.percent_benefit(10, 20, 80) == pytest.approx(-100 / 6)  # worse than random
+    assert R.percent_benefit(95, 20, 80) == pytest.approx(125.0)  # better than natural
+    assert R.percent_benefit(50, 20, 20) is None and R.percent_benefit(None, 20, 80) is None
+
+
+def rec(method, task, seed, score, tables=(1,), source=None):
+    meta = dict(method=method, label=method.upper(), tables=list(tables), task=task, seed=seed, source=source)
+    return dict(id=f"ft-{method}-{task}-s{seed}", kind="finetune", meta=meta, error=None,
+                result=dict(score=score, best_val_token_acc=score / 100))
+
+
+def toy_records():
+    """random 10/20, natural 30/60, lime 20±2.83/32 on mtop/retro: hand-computed below."""
+    return [dict(id="pt-lime", kind="pretrain", meta=dict(source="lime"), error=None,
+                 result=dict(best_val_token_acc=0.975, val_exact_match=0.5)),
+            rec("random", "mtop", 0, 10, (1, 3)), rec("random", "retrosynthesis", 0, 20, (1, 3)),
+            rec("natural", "mtop", 0, 30, (1, 3)), rec("natural", "retrosynthesis", 0, 60, (1, 3)),
+            rec("lime", "mtop", 0, 18, source="lime"), rec("lime", "mtop", 1, 22, source="lime"),
+            rec("lime", "retrosynthesis", 0, 32, source="lime"), rec("ln0.4", "mtop", 0, 10, (3,)),
+            rec("ln0.4", "retrosynthesis", 0, 40, (3,))]
+
+
+def test_summarize_means_std_and_benefit():
+    s = R.summarize(toy_records(), metric="score")
+    lime = s["methods"]["lime"]
+    assert lime["per_task"]["mtop"]["mean"] == pytest.approx(20) and lime["per_task"]["mtop"]["n"] == 2
+    assert lime["per_task"]["mtop"]["std"] == pytest.approx(math.sqrt(8))  # sample std of 18, 22
+    assert lime["per_task"]["mtop"]["pct"] == pytest.approx(50)  # (20-10)/(30-10)
+    assert lime["per_task"]["retrosynthesis"]["pct"] == pytest.approx(30)  # (32-20)/(60-20)
+    assert lime["pct"] == pytest.approx(40)  # headline: mean of per-task percentages
+    assert lime["avg"] == pytest.approx(26) and lime["pct_of_avg"] == pytest.approx(100 * 11 / 30)
+    assert lime["pretrain_acc"] == pytest.approx(97.5)
+    assert s["methods"]["random"]["pct"] == 0 and s["methods"]["natural"]["pct"] == pytest.approx(100)
+    acc = R.summarize(toy_records(), metric="best_val_token_acc")  # fractions are shown as %
+    assert acc["methods"]["lime"]["per_task"]["retrosynthesis"]["mean"] == pytest.approx(32)
+
+
+def test_natural_equal_random_gives_na():
+    recs = [r for r in toy_records() if r["id"] != "ft-natural-mtop-s0"] + [rec("natural", "mtop", 0, 10, (1, 3))]
+    s = R.summarize(recs, metric="score")
+    assert s["methods"]["lime"]["per_task"]["mtop"]["pct"] is None
+    assert s["methods"]["lime"]["pct"] == pytest.approx(30) and s["methods"]["lime"]["pct_n_tasks"] == 1
+    assert any("n/a" in n for n in s["notes"])
+    assert "n/a" in R.render_tables(s)["table1.md"]
+
+
+def test_render_tables_contains_rows_and_numbers():
+    tables = R.render_tables(R.summarize(toy_records(), metric="score"))
+    assert set(tables) == {"table1.md", "table3.md"}
+    t1 = tables["table1.md"]
+    lime_row = next(line for line in t1.splitlines() if line.startswith("| LIME |"))
+    for expected in ["97.5 / 50.0", "20.0 ± 2.8", "32.0", "26.0", "40%", "37", "67%"]:
+        assert expected in lime_row, (expected, lime_row)
+    assert "| RANDOM |" in t1 and "| NATURAL |" in t1 and "LN0.4" not in t1
+    t3 = tables["table3.md"]
+    assert "| LN0.4 |" in t3 and "LIME" not in t3 and "| mtop | retrosynthesis |" in t3
+
+
+def test_svg_is_xml_with_one_bar_per_method():
+    s = R.summarize(toy_records(), metric="score")
+    root = ET.fromstring(R.render_svg(s))
+    bars = [e for e in root.iter("{http://www.w3.org/2000/svg}rect") if e.get("class") == "bar"]
+    assert len(bars) == len(s["methods"]) == 4
+    assert all(float(b.get("width")) >= 0 for b in bars)
+
+
+def test_main_end_to_end_with_fake_runner(tmp_path, monkeypatch):
+    runner = FakeRunner()
+    monkeypatch.setattr(R, "subprocess_runner", runner)
+    argv = ["--scale=cpu", "--tasks=mtop", "--tables=1,2,3", "--ln_values=0.4", f"--out={tmp_path}", "--data_dir=D"]
+    assert R.main(argv) == 0 and runner.calls
+    for name in ["table1.md", "table2.md", "table3.md", "benefit.svg", "results.json", "run.log"]:
+        assert (tmp_path / name).exists(), name
+    assert "Paper: parameter statistics" in (tmp_path / "table2.md").read_text()
+    assert json.loads((tmp_path / "results.json").read_text())["methods"]["lime"]["pretrain_acc"] == 90.0
+    assert R.main(argv + ["--report_only"]) == 0 and R.main(argv + ["--dry_run"]) == 0
