@@ -1,0 +1,241 @@
+"""Tests for tokenizer.py: byte-level BPE (round trip, determinism, the efficient trainer against a naive one,
+sentinel layout, caching) and the T5 unigram reader on a hand-made tokenizer.json.
+Run: python -m pytest -q tests/test_tokenizer.py"""
+import json
+import os
+import random
+import sys
+from collections import Counter
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tokenizer as T
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. The dog sleeps; the fox runs away!",
+    "It's 2024-05-12 and the price is $1,234.56 -- isn't that the best price? Yes, the best.",
+    "def snake_case(x_1): return x_1 + 42  # __init__ and self.value_2",
+    "O=C1CC[C@H](CN2CCN(CCOc3cc4ncnc(Nc5ccc(F)c(Cl)c5)c4cc3OC3CCCC3)CC2)O1",
+    "[IN:GET_WEATHER [SL:LOCATION Maricopa County ] [SL:DATE_TIME for this week ] ]",
+    "Émile et Zoë mangent des crêpes à Noël. 北京欢迎你。 😀😀 the end, the end.",
+] * 3
+
+TRICKY = [
+    "", " ", "  ", "\n", "\t\r\n ", "a", "  leading and trailing  ", "multiple   spaces\n\n\nnewlines",
+    "emoji 😀👍🏽 family 👨‍👩‍👧 flag 🇫🇷", "CJK 汉字 かな カナ 한국어", "e\u0301 combining vs é precomposed",
+    "\x00\x01\x1f\x7f control chars", "\ufeffBOM and \u200bzero width", "<extra_id_3> typed by a user <pad></s>",
+    "don't 'quoted' it's we'll THEY'RE", "snake_case __init__ x_1 ___", "1234567890 3.14159 -42",
+    "RTL עברית العربية mixed", "\u2028line\u2029sep", "math 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ∑∫√", "a" * 500, "tab\there",
+    "ÅÄÖ åäö ß ẞ ﬁ ligature", "\U0010ffff max code point", "¡¿¡¿ punctuation!!! ...",
+]
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return T.train_bpe(CORPUS, 512, progress=False)
+
+
+def test_pretokenizer_covers_every_character():
+    # merges never cross words, so the words must concatenate back to the exact text
+    for s in TRICKY + CORPUS:
+        assert "".join(T._PRETOKENIZE.findall(s)) == s
+
+
+def test_bpe_round_trip_tricky_strings(bpe):
+    for s in TRICKY + CORPUS:
+        ids = bpe.encode(s)
+        assert bpe.decode(ids) == s, s
+        assert all(3 <= i < bpe.size - 100 for i in ids)  # never pad/eos/unk or a sentinel
+
+
+def test_bpe_round_trip_random_unicode(bpe):
+    rng = random.Random(0)
+    for _ in range(300):
+        # random bytes made into valid UTF-8 (any code point that survives the decode)
+        s = bytes(rng.randrange(256) for _ in range(rng.randrange(64))).decode("utf-8", errors="ignore")
+        assert bpe.decode(bpe.encode(s)) == s
+        # random code points from the whole Unicode range, surrogates excluded (they are not UTF-8)
+        s = "".join(chr(c) for c in (rng.randrange(0x110000) for _ in range(20)) if not 0xD800 <= c < 0xE000)
+        assert bpe.decode(bpe.encode(s)) == s
+
+
+def test_bpe_learns_and_compresses(bpe):
+    assert len(bpe.merges) == 512 - 100 - 259  # the corpus repeats enough to fill the vocabulary
+    # a frequent word becomes one token, " the" included with its space
+    assert len(bpe.encode(" the")) == 1
+    text = " ".join(CORPUS)
+    assert len(bpe.encode(text)) < 0.5 * len(text.encode())
+
+
+def naive_train(texts, n_merges, min_frequency=2):
+    """Reference BPE: recount every pair over every word before each merge (slow, obviously right)."""
+    counts = Counter(w for t in texts for w in T._PRETOKENIZE.findall(t))
+    words = {w: [3 + b for b in w.encode()] for w in counts}
+    merges = []
+    for new_id in range(259, 259 + n_merges):
+        pairs = Counter()
+        for w, ids in words.items():
+            for p in zip(ids, ids[1:]):
+                pairs[p] += counts[w]
+        if not pairs:
+            break
+        pair = min(pairs, key=lambda p: (-pairs[p], p))  # highest count, then smallest ids
+        if pairs[pair] < min_frequency:
+            break
+        merges.append(pair)
+        words = {w: T._merge(ids, pair, new_id) for w, ids in words.items()}
+    return merges
+
+
+@pytest.mark.parametrize("min_frequency", [1, 2])
+def test_bpe_incremental_training_matches_naive(min_frequency):
+    text = CORPUS[:6]  # with min_frequency 2 this runs out of pairs after 46 merges: the early stop is tested too
+    tok = T.train_bpe(text, 359 + 150, min_frequency=min_frequency, progress=False)
+    assert tok.merges == naive_train(text, 150, min_frequency)
+    # encoding by merge rank gives the same words as training's merge-by-merge replay
+    for word in {w for t in text for w in T._PRETOKENIZE.findall(t)}:
+        ids = [3 + b for b in word.encode()]
+        for new_id, pair in enumerate(tok.merges, 259):
+            ids = T._merge(ids, pair, new_id)
+        assert tok.encode(word) == ids
+
+
+def test_bpe_deterministic_and_save_load(bpe, tmp_path):
+    again = T.train_bpe(list(reversed(CORPUS)), 512, progress=False)  # other order, same corpus
+    assert again.merges == bpe.merges
+    path = str(tmp_path / "bpe.json")
+    bpe.save(path)
+    loaded = T.load_tokenizer(path)
+    assert isinstance(loaded, T.BPETokenizer) and loaded.merges == bpe.merges
+    for s in TRICKY:
+        assert loaded.encode(s) == bpe.encode(s)
+
+
+def test_bpe_min_frequency_stops_early():
+    tok = T.train_bpe(["abcdefgh"], 1000, progress=False)  # every pair occurs once: nothing to merge
+    assert tok.merges == [] and tok.size == 1000 and tok.sentinel(0) == 999
+    assert tok.decode(tok.encode("abcdefgh")) == "abcdefgh"
+
+
+def test_sentinel_layout_and_decode(bpe):
+    n = bpe.size
+    assert (bpe.pad_id, bpe.eos_id, bpe.unk_id) == (0, 1, 2)
+    assert bpe.sentinel(0) == n - 1 and bpe.sentinel(99) == n - 100
+    assert bpe.model_vocab_size == 512
+    ids = bpe.encode("hi")
+    # pad/eos/-100 skipped (decode does not stop at eos), sentinels rendered, padding rows of the table skipped
+    assert bpe.decode([bpe.sentinel(0)] + ids + [1, bpe.sentinel(99), 0, -100]) == "<extra_id_0>hi<extra_id_99>"
+    assert bpe.decode(torch.tensor(ids + [1, 0, 0])) == "hi"
+    # literal "<extra_id_3>" text is plain bytes; it round-trips but is not the sentinel id
+    assert bpe.sentinel(3) not in bpe.encode("<extra_id_3>")
+    with pytest.raises(ValueError, match="outside"):
+        bpe.decode([5000])
+    with pytest.raises(ValueError, match="size"):
+        T.train_bpe(CORPUS, 300)
+
+
+def test_get_tokenizer_trains_caches_and_loads(tmp_path):
+    data = tmp_path / "data"
+    (data / "natural_text").mkdir(parents=True)
+    (data / "natural_text" / "train.txt").write_text("\n".join(CORPUS[:6]) + "\n")
+    (data / "mtop").mkdir()
+    rows = [{"source": "what is the weather", "target": "[IN:GET_WEATHER ]"}] * 5
+    (data / "mtop" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = str(tmp_path / "cache" / "tok.json")
+    tok = T.get_tokenizer(str(data), 400, path, progress=False)
+    assert os.path.exists(path) and [f for f in os.listdir(tmp_path / "cache")] == ["tok.json"]
+    assert tok.encode(" GET_WEATHER") != [3 + b for b in b" GET_WEATHER"]  # the task text was in the corpus
+    assert T.get_tokenizer(str(data), 400, path).merges == tok.merges  # second call loads the cache
+    with pytest.raises(ValueError, match="size"):
+        T.get_tokenizer(str(data), 512, path)
+    (data / "mtop" / "train.jsonl").write_text('{"source": "x"}\n')
+    with pytest.raises(ValueError, match="train.jsonl:1"):
+        T.get_tokenizer(str(data), 400, str(tmp_path / "other.json"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Unigram reader on a hand-made T5-style tokenizer.json (vocabulary of 200: 3 specials, pieces, fillers,
+# 100 sentinels at the top as in T5, so <extra_id_k> = 199 - k).
+
+PIECES = [("▁", -2.0), ("▁he", -3.0), ("llo", -3.0), ("▁hello", -4.5), ("h", -5.0), ("e", -5.0), ("l", -5.0),
+          ("o", -5.0), ("▁w", -3.0), ("or", -3.0), ("ld", -3.0), ("▁world", -10.0), ("w", -5.0), ("r", -5.0),
+          ("d", -5.0), ("!", -3.0), ("▁a", -2.5)]
+
+
+def unigram_spec(new_style=False):
+    vocab = [["<pad>", 0.0], ["</s>", 0.0], ["<unk>", 0.0]] + [list(p) for p in PIECES]
+    vocab += [[f"<unused_{i}>", -20.0] for i in range(100 - len(vocab))]
+    vocab += [[f"<extra_id_{k}>", 0.0] for k in reversed(range(100))]
+    added = [{"id": i, "content": c, "special": True} for i, c in enumerate(["<pad>", "</s>", "<unk>"])]
+    added += [{"id": 199 - k, "content": f"<extra_id_{k}>", "special": True} for k in range(100)]
+    if new_style:  # tokenizers >= 0.19 writes Metaspace with prepend_scheme and a Replace for runs of spaces
+        normalizer = {"type": "Sequence", "normalizers": [{"type": "Precompiled", "precompiled_charsmap": "AA=="},
+                                                          {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]}
+        pre = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}
+    else:  # the t5-small file: WhitespaceSplit then Metaspace with add_prefix_space
+        normalizer = {"type": "Precompiled", "precompiled_charsmap": "AA=="}
+        pre = {"type": "Sequence", "pretokenizers": [{"type": "WhitespaceSplit"},
+                                                     {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True}]}
+    return {"version": "1.0", "added_tokens": added, "normalizer": normalizer, "pre_tokenizer": pre,
+            "decoder": {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True},
+            "model": {"type": "Unigram", "unk_id": 2, "vocab": vocab}}
+
+
+@pytest.mark.parametrize("new_style", [False, True])
+def test_unigram_segmentation_and_ids(tmp_path, new_style):
+    path = str(tmp_path / "tokenizer.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(unigram_spec(new_style), f)
+    tok = T.load_tokenizer(path)
+    assert isinstance(tok, T.UnigramTokenizer) and tok.size == 200 and tok.sentinel(5) == 194
+    pid = {p: i for i, (p, _) in enumerate([("<pad>", 0), ("</s>", 0), ("<unk>", 0)] + PIECES)}
+    # "▁hello" (-4.5) beats "▁he"+"llo" (-6); "▁w"+"or"+"ld" (-9) beats "▁world" (-10)
+    hello_world = [pid["▁hello"], pid["▁w"], pid["or"], pid["ld"]]
+    assert tok.encode("hello world") == hello_world
+    assert tok.encode("  hello \n\t world!") == hello_world + [pid["!"]]  # whitespace runs collapse
+    assert tok.encode("ｈｅｌｌｏ") == [pid["▁hello"]]  # Precompiled ~ NFKC: full-width letters fold
+    # unknown characters: "▁" then one unk for the two unknown "Z"s (consecutive unks fuse)
+    assert tok.encode("hello ZZ") == [pid["▁hello"], pid["▁"], 2]
+    assert tok.encode("hello ZoZ") == [pid["▁hello"], pid["▁"], 2, pid["o"], 2]  # not fused across "o"
+    # typed sentinel and special text map to their ids; the word after it gets its "▁" (prefix always)
+    assert tok.encode("hello<extra_id_5>world</s>") == [pid["▁hello"], 194] + hello_world[1:] + [1]
+    assert tok.decode(hello_world + [1, 0, 0]) == "hello world"
+    assert tok.decode([pid["▁hello"], 194, pid["▁a"]]) == "hello<extra_id_5> a"
+    tok.save(str(tmp_path / "copy.json"))
+    assert T.load_tokenizer(str(tmp_path / "copy.json")).encode("hello world") == hello_world
+
+
+def test_unigram_rejects_other_layouts(tmp_path):
+    spec = unigram_spec()
+    spec["added_tokens"][5]["id"] = 150  # <extra_id_2> moved
+    with pytest.raises(ValueError, match="T5 layout"):
+        T.UnigramTokenizer(spec)
+    spec = unigram_spec()
+    spec["model"]["type"] = "WordPiece"
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="neither"):
+        T.load_tokenizer(str(path))
+
+
+DATA_DIR = os.environ.get("DATA_DIR") or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                      "..", "shared", "data")
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(DATA_DIR, "natural_text")),
+                    reason="real data not found: set DATA_DIR or place it at ../shared/data")
+def test_bpe_on_real_data(tmp_path):
+    # a small tokenizer from a capped slice of every corpus file; round trip on unseen validation text
+    tok = T.get_tokenizer(DATA_DIR, 1024, str(tmp_path / "tok.json"), max_chars_per_file=300_000, progress=False)
+    n_chars = n_tokens = 0
+    for task in sorted(os.listdir(DATA_DIR)):
+        if os.path.isfile(path := os.path.join(DATA_DIR, task, "validation.jsonl")):
+            with open(path, encoding="utf-8") as f:
+                for line in list(f)[:50]:
+                    for text in (json.loads(line)["source"], json.loads(line)["target"]):
+                        ids = tok.encode(text)
+                        assert tok.decode(ids) == text
+                        n_chars, n_tokens = n_chars + len(text), n_tokens + len(ids)
+    assert n_tokens < 0.5 * n_chars  # even 1024 ids compress well below one token per character
