@@ -1,0 +1,232 @@
+"""Tests for stats_init.py (PAPER.md §4, Experiment 3, and Table 3's constant pre-attention LN).
+
+The expected groups are derived independently: our names are translated to T5X flattened names and the
+original repository's regexes (`re.match`, _final_init_exps.py) are applied to them literally.
+    python -m pytest -q tests/test_stats_init.py
+"""
+import re
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+from model import T5, get_config
+from stats_init import (SCHEMES, apply_init_spec, group_stats, init_from_stats, load_checkpoint, main,
+                        preattn_ln_init, scheme_groups)
+
+TINY = dict(vocab_size=256, d_model=64, d_kv=16, d_ff=128, num_heads=4)
+# Unequal depths so that nothing can silently assume 6+6 (or equal) layers.
+RELU = get_config("t5-small", num_layers=2, num_decoder_layers=3, **TINY)
+GATED_UNTIED = get_config("t5-v1_1-small", num_layers=1, num_decoder_layers=2, **TINY)
+assert GATED_UNTIED.feed_forward_proj == "gated-gelu" and not GATED_UNTIED.tie_word_embeddings
+
+
+def fresh(cfg, seed=0):
+    torch.manual_seed(seed)
+    return T5(cfg)
+
+
+def fake_pretrained(model):
+    """A 'checkpoint' whose every tensor has its own distinctive mean and std (norms far from 1)."""
+    gen = torch.Generator().manual_seed(123)
+    return {n: torch.randn(t.shape, generator=gen) * 0.02 * (1 + i % 5) + 0.3 * (i % 7 - 3) + 0.05
+            for i, (n, t) in enumerate(model.state_dict().items())}
+
+
+# --- the paper's groupings, on T5X names -------------------------------------------------------------
+T5X_MODULE = {"attn_norm": "pre_attention_layer_norm", "self_attn_norm": "pre_self_attention_layer_norm",
+              "cross_attn_norm": "pre_cross_attention_layer_norm", "mlp_norm": "pre_mlp_layer_norm",
+              "attn": "attention", "self_attn": "self_attention", "cross_attn": "encoder_decoder_attention",
+              "mlp": "mlp"}
+
+
+def t5x_name(n):
+    """Our parameter name -> the T5X flattened name (PAPER.md §2)."""
+    fixed = {"shared.weight": "token_embedder/embedding", "lm_head.weight": "decoder/logits_dense/kernel",
+             "encoder.final_layer_norm.weight": "encoder/encoder_norm/scale",
+             "decoder.final_layer_norm.weight": "decoder/decoder_norm/scale",
+             "encoder.relative_attention_bias.weight": "encoder/relpos_bias/rel_embedding",
+             "decoder.relative_attention_bias.weight": "decoder/relpos_bias/rel_embedding"}
+    if n in fixed:
+        return fixed[n]
+    stack, i, module, sub = re.fullmatch(r"(encoder|decoder)\.block\.(\d+)\.(\w+?)\.(?:(\w+)\.)?weight", n).groups()
+    if sub is None:  # a layer norm
+        return f"{stack}/layers_{i}/{T5X_MODULE[module]}/scale"
+    sub = dict(q="query", k="key", v="value", o="out").get(sub, sub)
+    return f"{stack}/layers_{i}/{T5X_MODULE[module]}/{sub}/kernel"
+
+
+def paper_groups(model, scheme):
+    """The groups of `scheme` as the original code builds them, mapped back to our names."""
+    ours = {t5x_name(n): n for n, _ in model.named_parameters() if n != "lm_head.weight"}
+    names = list(ours)
+    gs = lambda regex: [x for x in names if re.match(regex, x)]
+    single = lambda regex: [[x] for x in gs(regex) if x != "token_embedder/embedding"]
+    if scheme == "whole_model_scale":
+        groups = [gs(".*attention/") + gs(".*mlp/"), gs(".*norm"), gs(".*relpos")]
+    elif scheme == "across_layers_scale":
+        groups = [gs(".*query"), gs(".*key"), gs(".*value"), gs(".*attention.*out"), gs(".*mlp/"),
+                  gs(".*pre_mlp_layer_norm"), gs(".*attention_layer_norm"),
+                  ["encoder/encoder_norm/scale", "decoder/decoder_norm/scale"], gs(".*relpos")]
+    elif scheme == "per_layer_scale":
+        depth = dict(encoder=model.config.num_layers, decoder=model.config.num_decoder_layers)
+        groups = [[x] for x in names if "layers" not in x and "token_embedder" not in x]
+        for stack in depth:
+            for i in range(depth[stack]):
+                p = f"{stack}/layers_{i}/"
+                groups += [gs(p + ".*attention/") + gs(p + ".*mlp/"),
+                           gs(p + ".*pre_mlp_layer_norm") + gs(p + ".*attention_layer_norm")]
+    else:
+        regex = {"per_param_mean_sd": ".*", "per_param_scale": ".*", "preattn_ln_per_param_scale": ".*attention.*norm",
+                 "premlp_ln_per_param_scale": ".*mlp.*norm", "attention_per_param_scale": ".*attention/",
+                 "mlp_per_param_scale": ".*mlp/"}[scheme]
+        groups = single(regex)
+    return {frozenset(ours[x] for x in g) for g in groups}
+
+
+@pytest.mark.parametrize("cfg", [RELU, GATED_UNTIED], ids=["relu-tied", "gated-untied"])
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_groups_are_the_papers(scheme, cfg):
+    model = fresh(cfg)
+    groups = scheme_groups(model, scheme)
+    assert {frozenset(g) for g in groups.values()} == paper_groups(model, scheme)
+    for names in groups.values():  # homogeneous, so T5X's `'norm' in g[0]` rule is well defined
+        assert len({n.endswith("norm.weight") for n in names}) == 1
+
+
+def test_group_counts():
+    model, e, d = fresh(RELU), RELU.num_layers, RELU.num_decoder_layers
+    counts = {s: len(scheme_groups(model, s)) for s in SCHEMES}
+    per_param = (1 + 8 * e + 1) + (1 + 13 * d + 1)  # relpos, blocks, final norm of each stack
+    assert counts == dict(per_param_mean_sd=per_param, per_param_scale=per_param, whole_model_scale=3,
+                          preattn_ln_per_param_scale=e + 2 * d, across_layers_scale=9,
+                          per_layer_scale=2 * (e + d) + 4, premlp_ln_per_param_scale=e + d,
+                          attention_per_param_scale=4 * e + 8 * d, mlp_per_param_scale=2 * (e + d))
+
+
+@pytest.mark.parametrize("cfg", [RELU, GATED_UNTIED], ids=["relu-tied", "gated-untied"])
+def test_whole_model_covers_every_non_embedding_param_once(cfg):
+    model = fresh(cfg)
+    grouped = [n for g in scheme_groups(model, "whole_model_scale").values() for n in g]
+    expected = {n for n, _ in model.named_parameters()} - {"shared.weight", "lm_head.weight"}
+    assert len(grouped) == len(set(grouped)) and set(grouped) == expected
+
+
+@pytest.mark.parametrize("cfg", [RELU, GATED_UNTIED], ids=["relu-tied", "gated-untied"])
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_exactly_the_grouped_tensors_change(scheme, cfg):
+    ref, model = fresh(cfg), fresh(cfg)
+    out = init_from_stats(model, fake_pretrained(model), scheme, seed=1)
+    assert out is model  # in place
+    grouped = {n for g in scheme_groups(model, scheme).values() for n in g}
+    ref_params = dict(ref.named_parameters())
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, ref_params[n])}
+    assert changed == grouped  # everything else keeps the default init, the embedding included
+    assert torch.equal(model.shared.weight, ref.shared.weight)
+    if not cfg.tie_word_embeddings:
+        assert torch.equal(model.lm_head.weight, ref.lm_head.weight)
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_drawn_values_follow_the_group_statistics(scheme):
+    model = fresh(RELU)
+    sd = fake_pretrained(model)
+    groups = scheme_groups(model, scheme)
+    stats = group_stats(sd, groups, model)
+    init_from_stats(model, sd, scheme, seed=1)
+    params, mean_sd = dict(model.named_parameters()), scheme == "per_param_mean_sd"
+    checked = 0
+    for g, names in groups.items():
+        pooled = np.concatenate([sd[n].double().numpy().ravel() for n in names])
+        mean, std = pooled.mean(), pooled.std()  # numpy's population std, as in T5X
+        assert stats[g][:2] == pytest.approx((mean, std), rel=1e-9, abs=1e-12)
+        for n in names:
+            x = params[n].detach().double()
+            if not mean_sd and n.endswith("norm.weight"):  # Scale schemes: LN = constant group mean
+                assert torch.all(x == torch.tensor(mean, dtype=torch.float32).double()), n
+                checked += 1
+            elif x.numel() >= 4096:  # large enough for tight moment checks
+                loc = mean if mean_sd else 0.0
+                assert abs(x.mean().item() - loc) < 5 * std / x.numel() ** 0.5, n
+                assert x.std(correction=0).item() == pytest.approx(std, rel=0.06), n
+                checked += 1
+    assert checked > 0
+
+
+def test_seed_determines_the_model():
+    def build(seed):
+        model = fresh(RELU)
+        return init_from_stats(model, fake_pretrained(model), "per_param_mean_sd", seed=seed).state_dict()
+    a, b, c = build(3), build(3), build(4)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["encoder.block.0.attn.q.weight"], c["encoder.block.0.attn.q.weight"])
+
+
+def test_original_init_id_spellings_are_accepted():
+    for name, (init_id, *_) in SCHEMES.items():
+        a, b = fresh(RELU), fresh(RELU)
+        sd = fake_pretrained(a)
+        init_from_stats(a, sd, name, seed=2)
+        init_from_stats(b, sd, init_id, seed=2)
+        assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters())), init_id
+
+
+def test_bad_scheme_and_checkpoint_errors():
+    model = fresh(RELU)
+    sd = fake_pretrained(model)
+    with pytest.raises(ValueError, match="per_param_mean_sd.*mlp_per_param_scale"):
+        init_from_stats(model, sd, "per_param_std", seed=0)
+    missing = dict(sd)
+    del missing["decoder.block.1.cross_attn.v.weight"]
+    with pytest.raises(ValueError, match=r"decoder\.block\.1\.cross_attn\.v\.weight"):
+        init_from_stats(model, missing, "attention_per_param_scale")
+    reshaped = dict(sd, **{"encoder.block.0.mlp.wi.weight": torch.zeros(3, 3)})
+    with pytest.raises(ValueError, match=r"encoder\.block\.0\.mlp\.wi\.weight.*shape"):
+        init_from_stats(model, reshaped, "whole_model_scale")
+    # A failed check leaves the model untouched.
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), fresh(RELU).parameters()))
+
+
+def test_preattn_ln_init_sets_exactly_the_pre_attention_norms():
+    ref, model = fresh(RELU), fresh(RELU)
+    assert preattn_ln_init(model, 0.4) is model
+    ref_params = dict(ref.named_parameters())
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, ref_params[n])}
+    e, d = RELU.num_layers, RELU.num_decoder_layers
+    assert changed == ({f"encoder.block.{i}.attn_norm.weight" for i in range(e)}
+                       | {f"decoder.block.{i}.{k}_attn_norm.weight" for i in range(d) for k in ("self", "cross")})
+    assert all(torch.all(dict(model.named_parameters())[n] == 0.4) for n in changed)
+
+
+def test_init_spec_checkpoint_formats_and_cli(tmp_path, capsys):
+    model = fresh(RELU)
+    sd = fake_pretrained(model)
+    path = tmp_path / "ckpt_best.pt"
+    torch.save(dict(model=sd, model_config=asdict(RELU), step=5), path)
+    direct = init_from_stats(fresh(RELU), sd, "whole_model_scale", seed=1).state_dict()
+    via_spec = apply_init_spec(fresh(RELU), f"stats:whole_model_scale:{path}", seed=1).state_dict()
+    assert all(torch.equal(direct[k], via_spec[k]) for k in direct)
+    table3 = apply_init_spec(fresh(RELU), "preattn_ln:0.2")
+    assert torch.all(table3.decoder.block[0].cross_attn_norm.weight == 0.2)
+    for bad in ("preattn_ln:abc", "stats:whole_model_scale", "random"):
+        with pytest.raises(ValueError, match="expected"):
+            apply_init_spec(fresh(RELU), bad)
+
+    # A Hugging Face directory works as the source too.
+    src = fresh(RELU)
+    src.load_state_dict(sd)
+    src.save_pretrained(tmp_path / "hf")
+    hf_sd, hf_cfg = load_checkpoint(str(tmp_path / "hf"))
+    assert torch.equal(hf_sd["decoder.block.2.mlp.wo.weight"], sd["decoder.block.2.mlp.wo.weight"])
+
+    out = tmp_path / "init.pt"
+    main([f"--ckpt={path}", "--scheme=whole_model_scale", "--seed=1", f"--out={out}"])
+    printed = capsys.readouterr().out
+    assert "3 groups" in printed and "relpos" in printed
+    saved = torch.load(out, map_location="cpu", weights_only=True)
+    assert saved["model_config"] == asdict(RELU) and saved["step"] == 0 and "config" in saved  # pretrain.py's keys
+    seeded = init_from_stats(fresh(RELU, seed=1), sd, "whole_model_scale", seed=1).state_dict()
+    assert all(torch.equal(saved["model"][k], seeded[k]) for k in seeded)  # --seed also seeds the fresh init
+    with pytest.raises(ValueError, match="per_layer_scale"):
+        main([f"--ckpt={path}", "--scheme=bogus"])
