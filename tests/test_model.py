@@ -422,3 +422,18 @@ def test_init_matches_t5x_defaults():
     other = T5(cfg)
     init_weights(other, generator=torch.Generator().manual_seed(0))
     assert all(torch.equal(p[n], q) for n, q in other.named_parameters())
+
+
+def test_dropout_keeps_the_right_fraction_and_scale():
+    from model import dropout
+    torch.manual_seed(0)
+    x = torch.ones(64, 1000)
+    y = dropout(x, 0.1, training=True)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.9) < 0.005 and torch.allclose(y[y != 0], torch.tensor(1 / 0.9))
+    assert torch.equal(dropout(x, 0.1, training=False), x) and torch.equal(dropout(x, 0.0), x)
+    # gradients flow through the kept elements only, scaled like the forward
+    x = torch.randn(5, 7, requires_grad=True)
+    y = dropout(x, 0.5)
+    y.sum().backward()
+    assert torch.allclose(x.grad, (y != 0).float() * 2.0)

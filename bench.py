@@ -1,0 +1,183 @@
+"""Speed benchmark of model.py (issue 2): matmul peak, training-step throughput/MFU, decoding throughput.
+
+One run measures, on this machine:
+  * the matmul peak in float32 and bfloat16 (best of a few large square matmuls): the MFU denominators;
+  * for a preset, batch and lengths, one training step (forward + backward + AdamW step) in float32 and under
+    bf16 autocast, eager and torch.compile'd: target tokens/s and MFU (matmul FLOPs, see T5.flops_per_token);
+  * greedy and beam-4 decoding with the KV cache: generated tokens/s (EOS disabled, so every row runs the
+    full length; beam counts the tokens of the returned beam only);
+  * with --compare_hf=True and `transformers` importable: HF T5ForConditionalGeneration with the same config,
+    weights and batch, measured in the same process (skipped with a message otherwise).
+
+Run:  python bench.py                                   # t5-v1_1-small, batch 16, 128 + 128 tokens
+      python bench.py --preset=t5-small --batch=8 --compile=False --steps=2
+      python bench.py --preset=cpu --batch=4 --src_len=32 --tgt_len=32 --decode_tokens=8   # smoke test
+Timings on a shared machine are noisy: compare rows of one run, not across runs.
+"""
+import ast
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from model import T5, estimate_mfu, get_config, hf_names, keep_freed_memory
+
+
+@dataclass
+class BenchConfig:
+    preset: str = "t5-v1_1-small"  # model preset from model.PRESETS
+    batch: int = 16  # sequences per training step
+    src_len: int = 128  # input tokens per sequence
+    tgt_len: int = 128  # target tokens per sequence
+    warmup: int = 1  # untimed steps before timing (compiled runs add one more for compilation)
+    steps: int = 3  # timed training steps (the median is reported)
+    modes: str = "fp32,bf16"  # which precisions to train in: fp32 and/or bf16 (autocast)
+    compile: bool = True  # also time the torch.compile'd model
+    decode_batch: int = 16  # sequences per decoding run
+    decode_tokens: int = 32  # new tokens per decoded sequence
+    compare_hf: bool = False  # also time transformers' T5ForConditionalGeneration (if installed)
+    threads: int = 0  # torch threads; 0 keeps torch's default
+    keep_memory: bool = True  # glibc keeps freed memory (model.keep_freed_memory): ~7x faster bf16 steps here
+    seed: int = 0
+
+
+def parse_args(argv) -> BenchConfig:
+    cfg, types = BenchConfig(), {f.name: f.type for f in fields(BenchConfig)}
+    for arg in argv:
+        key, eq, value = arg.removeprefix("--").partition("=")
+        if key not in types or not eq:
+            raise SystemExit(f"bad argument {arg!r}: use --key=value with key in {', '.join(types)}")
+        try:
+            v = value if types[key] is str else ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"--{key}: cannot parse {value!r}")
+        if type(v) is not types[key]:
+            raise SystemExit(f"--{key} must be {types[key].__name__}, got {value!r}")
+        setattr(cfg, key, v)
+    return cfg
+
+
+def matmul_peak(dtype, n=2048, reps=10) -> float:
+    """Best FLOP/s of an n x n x n matmul: the realistic ceiling that MFU is measured against."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def time_steps(step, warmup, steps) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]  # median: robust to a neighbour's burst on a shared machine
+
+
+def bench_train(model, batch, bf16, cfg, compiled=False, hf=False) -> float:
+    """Median seconds of forward + backward + AdamW step."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # fused: no Python loop over params
+    fwd = torch.compile(model) if compiled else model
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    def step():
+        with autocast:
+            out = fwd(**batch)
+        loss = out.loss if hf else out[1]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return time_steps(step, cfg.warmup + int(compiled), cfg.steps)
+
+
+def bench_decode(model, src, cfg, num_beams) -> float:
+    """Generated tokens/s with EOS unreachable, so every row decodes decode_tokens tokens."""
+    eos = model.config.eos_token_id
+    model.config.eos_token_id = -1
+    try:
+        sec = time_steps(lambda: model.generate(src, max_new_tokens=cfg.decode_tokens, num_beams=num_beams), 1, 2)
+    finally:
+        model.config.eos_token_id = eos
+    return src.shape[0] * cfg.decode_tokens / sec
+
+
+def hf_model(model):
+    """The same network and weights as a transformers T5ForConditionalGeneration, or None if not installed."""
+    try:
+        import transformers
+    except ImportError:
+        print("--compare_hf: transformers is not installed here; skipping the HF rows")
+        return None
+    c = model.config
+    hf_cfg = transformers.T5Config(**asdict(c), is_encoder_decoder=True)
+    ref = transformers.T5ForConditionalGeneration(hf_cfg).train()
+    names = hf_names(c)
+    missing, _ = ref.load_state_dict({names[k]: v for k, v in model.state_dict().items()}, strict=False)
+    assert all("embed_tokens" in k or k == "lm_head.weight" for k in missing), missing  # tied aliases only
+    return ref
+
+
+def main():
+    cfg = parse_args(sys.argv[1:])
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.keep_memory and not keep_freed_memory():
+        print("keep_memory: glibc mallopt not available here; continuing with the default allocator")
+    torch.manual_seed(cfg.seed)
+    mcfg = get_config(cfg.preset)
+    model = T5(mcfg).train()
+    g = torch.Generator().manual_seed(cfg.seed)
+    src = torch.randint(3, mcfg.vocab_size, (cfg.batch, cfg.src_len), generator=g)
+    tgt = torch.randint(3, mcfg.vocab_size, (cfg.batch, cfg.tgt_len), generator=g)
+    batch = dict(input_ids=src, attention_mask=torch.ones_like(src), labels=tgt)
+    fpt = model.flops_per_token(cfg.src_len, cfg.tgt_len)
+    tokens = cfg.batch * cfg.tgt_len  # target tokens per step; the encoder's work is inside fpt
+    print(f"{cfg.preset}: {model.num_params() / 1e6:.1f}M params, batch {cfg.batch} x ({cfg.src_len} + "
+          f"{cfg.tgt_len}), {3 * fpt / 1e6:.0f} MFLOP per target token per training step, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
+
+    rows = []
+
+    def report(name, mode, sec):
+        tps = tokens / sec
+        rows.append((name, mode, sec, tps, estimate_mfu(tps, fpt, peak[mode])))
+        print(f"  {name:24s} {mode:5s} {sec * 1e3:9.0f} ms/step {tps:9.0f} tok/s  MFU {rows[-1][-1]:6.1%}", flush=True)
+
+    ref = hf_model(model) if cfg.compare_hf else None
+    for mode in cfg.modes.split(","):
+        if mode not in peak:
+            raise SystemExit(f"--modes: unknown mode {mode!r} (use fp32 and/or bf16)")
+        report("ours eager", mode, bench_train(model, batch, mode == "bf16", cfg))
+        if ref is not None:
+            report("HF eager", mode, bench_train(ref, batch, mode == "bf16", cfg, hf=True))
+        if cfg.compile:
+            report("ours compiled", mode, bench_train(model, batch, mode == "bf16", cfg, compiled=True))
+            if ref is not None:
+                report("HF compiled", mode, bench_train(ref, batch, mode == "bf16", cfg, compiled=True, hf=True))
+
+    model.eval()
+    dsrc = src[:cfg.decode_batch] if cfg.decode_batch <= cfg.batch else \
+        torch.randint(3, mcfg.vocab_size, (cfg.decode_batch, cfg.src_len), generator=g)
+    greedy, beam = bench_decode(model, dsrc, cfg, 1), bench_decode(model, dsrc, cfg, 4)
+    print(f"  decoding fp32, batch {dsrc.shape[0]}, {cfg.decode_tokens} new tokens: greedy {greedy:.0f} tok/s, "
+          f"beam-4 {beam:.0f} tok/s")
+
+    print("\n| model | precision | ms/step | target tok/s | MFU |\n|---|---|---|---|---|")
+    for name, mode, sec, tps, mfu in rows:
+        print(f"| {name} | {mode} | {sec * 1e3:.0f} | {tps:.0f} | {mfu:.1%} |")
+    print(f"| decoding greedy / beam-4 | fp32 | | {greedy:.0f} / {beam:.0f} | |")
+
+
+if __name__ == "__main__":
+    main()
