@@ -705,9 +705,18 @@ def main(argv):
         print(f"\n{cfg.task}, {len(held_out)} held-out examples, step {out['step']}, {time.time() - t0:.0f} s: "
               f"exact match {100 * m['exact_match']:.1f}%, token accuracy {100 * m['token_acc']:.1f}% "
               f"(best token accuracy {100 * out['best_token_acc']:.1f}% at step {out['best_step']})")
-        for name, b in baselines(held_out, vocab).items():
+        base = baselines(held_out, vocab)
+        for name, b in base.items():
             print(f"  baseline, {name} output: exact match {100 * b['exact_match']:.1f}%, "
                   f"token accuracy {100 * b['token_acc']:.1f}%")
+        # the summary reproduce.py tables (written last and atomically: its presence means "finished")
+        result = dict(task=cfg.task, step=out["step"], best_val_token_acc=out["best_token_acc"],
+                      best_step=out["best_step"], val_token_acc=m["token_acc"], val_exact_match=m["exact_match"],
+                      baselines=base, wall_s=time.time() - t0, config=asdict(cfg))
+        tmp = os.path.join(cfg.out_dir, "result.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(tmp, os.path.join(cfg.out_dir, "result.json"))
     return out
 
 

@@ -40,15 +40,21 @@ DOWNSTREAM = ["mtop", "webqsp", "squad", "retrosynthesis", "code_translation", "
 SCALES = {
     "cpu": dict(
         # pretrain.py's small CPU preset; the lead tunes it so Tables 1-3 fit in ~3 h on 2 cores (issue 7)
-        pretrain_args={"preset": "default"},
+        # the same network and BPE as the fine-tuning cells (finetune.py --preset=cpu), so a checkpoint
+        # loads whole; simple-task bodies of 10-64 tokens and 128-token sequences keep a step cheap
+        pretrain_args={"preset": "default", "tokenizer": "cache/bpe8192.json", "model": "cpu", "d_model": 0,
+                       "num_layers": 0, "min_len": 10, "max_len": 64, "src_len": 128, "tgt_len": 128,
+                       "warmup_steps": 500, "eval_interval": 500},
         # one step budget for every source, natural included, so sources differ only in their data
-        pretrain_steps=1500,
+        pretrain_steps=1000,
         # natural = span corruption on data_dir/natural_text with the same budget (no T5 checkpoint on CPU)
         natural="pretrain",
         # short inputs and targets: cheap to train and beam-decode on a CPU, yet structured outputs
-        tasks=["mtop", "retrosynthesis"],
-        # finetune.py's CPU preset; max_steps is a placeholder the lead tunes
-        finetune_args={"preset": "cpu", "max_steps": 1000},
+        # MTOP alone by default: one finetune.py --preset=cpu run of 800 steps took ~10 min here, and the grid
+        # has 22 fine-tuning cells per task; add more with --tasks=mtop,webqsp (NOT yet measured end to end)
+        tasks=["mtop"],
+        # finetune.py's CPU preset, halved (400 steps, evaluated at 200 and 400 on 200 test examples)
+        finetune_args={"preset": "cpu", "max_steps": 400, "eval_interval": 200, "n_test": 200},
         # per-task overrides of finetune_args (none yet at this scale)
         task_args={},
         # default --seeds; fine-tuning is repeated per seed, pre-training runs once per source
@@ -203,6 +209,10 @@ def build_cells(cfg, args):
 # -------------------------------------------------------------------------------------------------- run
 def read_result(cell):  # the only "finished" signal: the child writes result.json last, atomically
     path = Path(cell.out_dir) / "result.json"
+    # a pre-training cell also needs its checkpoint: results/ is committed without the .pt files, so a
+    # fresh checkout re-runs the (seeded, deterministic) pre-training that its unfinished cells need
+    if cell.kind == "pretrain" and not (Path(cell.out_dir) / "ckpt_best.pt").exists():
+        return None
     return json.loads(path.read_text()) if path.exists() else None
 
 

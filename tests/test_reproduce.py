@@ -63,6 +63,18 @@ def test_killed_cell_is_rerun_from_scratch(tmp_path):
     assert not (killed / "half_written.tmp").exists() and (killed / "result.json").exists()
 
 
+def test_fresh_checkout_without_checkpoints_reruns_only_pretraining(tmp_path):
+    """results/ is committed without .pt files: finished fine-tuning cells stay, pre-training re-runs."""
+    cells = grid(tmp_path, "--tasks=mtop", "--tables=1", "--extra_tasks=")
+    R.run_cells(cells, FakeRunner())
+    for c in cells:
+        if c.kind == "pretrain":
+            (Path(c.out_dir) / "ckpt_best.pt").unlink()
+    runner = FakeRunner()
+    R.run_cells(cells, runner)
+    assert sorted(runner.calls) == sorted(c.id for c in cells if c.kind == "pretrain")
+
+
 def test_failure_is_recorded_dependents_skipped_others_run(tmp_path):
     cells = grid(tmp_path, "--tasks=mtop", "--tables=1")
     runner = FakeRunner(fail={"pt-lime"})
