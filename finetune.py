@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from metrics import compute_metrics
 from model import T5, T5Config, get_config
-from pretrain import CHOICES, load_checkpoint, parse_config, shape_batch, train
+from pretrain import CHOICES, evaluate, load_checkpoint, parse_config, train
 from stats_init import apply_init_spec, init_from_stats, load_checkpoint as load_stats_source
 from tasks import collate
 from tokenizer import get_tokenizer, load_tokenizer
@@ -267,20 +267,6 @@ def build_model(cfg: FinetuneConfig, tok) -> T5:
 
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def token_accuracy(model, batches) -> float:
-    """Teacher-forced next-token accuracy over labels != -100 (T5X's training_eval, PAPER.md §1.2)."""
-    device = next(model.parameters()).device
-    right = total = 0
-    for b in batches:
-        b = {k: v.to(device) for k, v in shape_batch(b).items()}
-        logits, _ = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"])
-        mask = b["labels"] != -100
-        right += int(((logits.argmax(-1) == b["labels"]) & mask).sum())
-        total += int(mask.sum())
-    return right / max(total, 1)
-
-
-@torch.no_grad()
 def decode_all(model, sources, tok, *, batch_size: int, src_len: int, num_beams: int, max_decode: int):
     """Beam-search predictions (text) for lists of source ids, batched by length for less padding."""
     device = next(model.parameters()).device
@@ -335,7 +321,7 @@ def main(argv):
     history = []                                           # one entry per evaluation
 
     def eval_fn(m, step):
-        acc = token_accuracy(m, val_batches)
+        acc = evaluate(m, val_batches, max_new_tokens=0, greedy=False)["token_acc"]   # teacher forced
         preds = decode_all(m, [s for s, _ in test_pairs], tok, batch_size=mbs, src_len=cfg.src_len,
                            num_beams=cfg.num_beams, max_decode=cfg.max_decode)
         scores = compute_metrics(spec["metric"], preds, refs)

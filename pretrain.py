@@ -607,9 +607,10 @@ def ids_to_str(ids) -> str:
 
 
 @torch.no_grad()
-def evaluate(model, batches, *, max_new_tokens: int, decode=ids_to_str, show: int = 3) -> dict:
+def evaluate(model, batches, *, max_new_tokens: int, decode=ids_to_str, show: int = 3, greedy: bool = True) -> dict:
     """Teacher-forced token accuracy (the paper's checkpoint-selection metric, PAPER.md §1.2), loss and
-    greedy exact match over held-out batches; prints `show` mistakes: source, target, output."""
+    greedy exact match over held-out batches; prints `show` mistakes: source, target, output.
+    greedy=False skips decoding (finetune.py decodes the test split with beam search instead)."""
     device, eos, pad = next(model.parameters()).device, model.config.eos_token_id, model.config.pad_token_id
     n_tok = n_right = n_ex = n_exact = 0
     loss_sum, mistakes = 0.0, []
@@ -620,6 +621,8 @@ def evaluate(model, batches, *, max_new_tokens: int, decode=ids_to_str, show: in
         n_right += int(((logits.argmax(-1) == b["labels"]) & mask).sum())
         n_tok += int(mask.sum())
         loss_sum += float(loss) * int(mask.sum())
+        if not greedy:
+            continue
         generated = model.generate(b["input_ids"], b["attention_mask"], max_new_tokens=max_new_tokens)
         for i, row in enumerate(generated.tolist()):
             pred = row[:row.index(eos) + 1] if eos in row else row   # up to and including EOS
@@ -632,7 +635,8 @@ def evaluate(model, batches, *, max_new_tokens: int, decode=ids_to_str, show: in
     for src, want, pred in mistakes:
         tqdm.write(f"  source: {decode(src)[:150]}\n  target: {decode(want)[:150]}\n"
                    f"  output: {decode(pred)[:150] or '-'}")
-    return dict(loss=loss_sum / max(n_tok, 1), token_acc=n_right / max(n_tok, 1), exact_match=n_exact / max(n_ex, 1))
+    out = dict(loss=loss_sum / max(n_tok, 1), token_acc=n_right / max(n_tok, 1))
+    return dict(out, exact_match=n_exact / max(n_ex, 1)) if greedy else out
 
 
 def baselines(examples, vocab) -> dict:
