@@ -17,13 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import (T5, PRESETS, estimate_mfu, get_config, hf_names, init_weights, load_safetensors,  # noqa: E402
                    relative_position_bucket, save_safetensors, shift_right)
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models are all overhead: one thread avoids OpenMP contention on the shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 TINY = dict(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,

@@ -27,13 +27,7 @@ TINY = ["--vocab_size=256", "--d_model=32", "--num_layers=1", "--min_len=10", "-
         "--device=cpu", "--dtype=float32", "--seed=1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and on a shared CPU an idle-waiting second thread costs a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def run(out_dir, *args):

@@ -33,6 +33,17 @@ class CharTok(Vocab):
         return "".join(chr(i - 3 + 32) for i in ids if 3 <= i < 98)
 
 
+
+def unspan(src, tgt, is_sentinel):
+    """Fill each sentinel of a span-corrupted input with its span from the target: (original, spans)."""
+    spans, cur = {}, None
+    for t in tgt:
+        if is_sentinel(t):
+            cur = spans.setdefault(t, [])
+        else:
+            cur.append(t)
+    return [y for t in src for y in spans.get(t, [t])], spans
+
 def examples(name, n=N, vocab=V, **kw):
     task = T.get_task(name, vocab, **kw)
     return [task.example(random.Random(i)) for i in range(n)]
@@ -240,15 +251,9 @@ def test_span_corrupt_reconstructs_original():
         sents = [V.sentinel(i) for i in range(k)]
         assert [t for t in src if t >= 32000] == sents and [t for t in tgt if t >= 32000] == sents
         assert len(tgt) == noise + k and tgt[0] == sents[0]
-        spans, cur = {}, None
-        for t in tgt:
-            if t in sents:
-                cur = t
-                spans[cur] = []
-            else:
-                spans[cur].append(t)
+        orig, spans = unspan(src, tgt, V.is_sentinel)
         assert all(spans.values())  # no empty span
-        assert [y for t in src for y in spans.get(t, [t])] == toks
+        assert orig == toks
 
 
 def test_nesting_sentences_are_well_nested():
@@ -430,13 +435,7 @@ def test_natural_text_span_corruption(tmp_path):
     for split in ("train", "validation"):
         corpus = "".join(d.replace("\n", "") for d in docs[split]) * 2  # windows may wrap into the next doc
         for src, tgt in T.TaskStream(task, 0, split).next_examples(30):
-            spans, cur = {}, None
-            for t in tgt[:-1]:
-                if tok.is_sentinel(t):
-                    cur = spans.setdefault(t, [])
-                else:
-                    cur.append(t)
-            orig = [y for t in src[:-1] for y in spans.get(t, [t])]
+            orig, _ = unspan(src[:-1], tgt[:-1], tok.is_sentinel)
             assert len(orig) == n and len(src) <= 20 and tok.decode(orig) in corpus
 
 
@@ -452,11 +451,5 @@ def test_natural_on_real_corpus():
     with open(os.path.join(DATA_DIR, "natural_text", "validation.txt"), encoding="utf-8") as f:
         corpus = tok.decode(tok.encode(f.read().replace("\n", "")))
     for src, tgt in T.TaskStream(task, 0, "validation").next_examples(20):
-        spans, cur = {}, None
-        for t in tgt[:-1]:
-            if tok.is_sentinel(t):
-                cur = spans.setdefault(t, [])
-            else:
-                cur.append(t)
-        orig = tok.decode([y for t in src[:-1] for y in spans.get(t, [t])])
+        orig = tok.decode(unspan(src[:-1], tgt[:-1], tok.is_sentinel)[0])
         assert len(src) <= 64 and orig[:40] in corpus

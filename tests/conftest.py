@@ -1,0 +1,12 @@
+"""Shared test fixtures."""
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls gain nothing from threads, and on a shared 2-core CPU an idle-waiting second thread costs a lot."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
