@@ -11,6 +11,7 @@ random and natural rows, because "% of benefit" = 100 (method - random) / (natur
 Run (from the repo root):
   python reproduce.py --scale=cpu                  # all three tables at CPU scale (resumes where it stopped)
   python reproduce.py --scale=cpu --tables=2       # only Table 2 (+ the random / natural baselines it needs)
+  python reproduce.py --scale=cpu --jobs=1         # one cell at a time (the CPU scale runs two, one thread each)
   python reproduce.py --scale=cpu --dry_run        # print the cells and their commands, run nothing
   python reproduce.py --scale=cpu --report_only    # rebuild tables from the finished cells, run nothing
   python reproduce.py --scale=paper --t5_dir=ckpts/t5-small --t5_v11_dir=ckpts/t5-v1_1-small
@@ -27,7 +28,9 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import timedelta
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -59,6 +62,9 @@ SCALES = {
         task_args={},
         # default --seeds; fine-tuning is repeated per seed, pre-training runs once per source
         seeds=1,
+        # cells at once, one thread each: this small model gains little from a second thread (pretrain.py's
+        # threads note), so two one-thread cells do ~twice the work of one two-thread cell on 2 cores
+        jobs=2,
         # Table 3 constants; 0.4 is the README default, the ends show the trend (PAPER.md §4)
         ln_values=[0.1, 0.4, 0.8],
         # exact match is near 0 for a tiny model, so validation token accuracy drives % of benefit here;
@@ -78,6 +84,7 @@ SCALES = {
         task_args={t: {"max_steps": s} for t, s in [("cnndm_10k", 100000), ("mtop", 100000), ("webqsp", 50000),
                    ("squad", 250000), ("retrosynthesis", 400000), ("code_translation", 150000)]},
         seeds=1,  # the paper fine-tuned each checkpoint once (its std runs are an appendix study)
+        jobs=1,  # one cell owns the GPU (or the whole machine)
         # the internal sweep pre_attn_ln_value_sweep (PAPER.md §4)
         ln_values=[0.05, 0.1, 0.2, 0.4, 0.6, 0.8],
         # the task's main metric (EM, ROUGE-1 for cnndm) at the best-val-token-acc step (PAPER.md §1.2)
@@ -121,6 +128,8 @@ def parse_args(argv=None):  # argparse: this is a driver, not a training config 
     p.add_argument("--t5_v11_dir", default=None, help="paper scale: HF folder of T5 v1.1-small (cnndm_10k)")
     p.add_argument("--dry_run", action="store_true", help="print cells and commands, run nothing")
     p.add_argument("--report_only", action="store_true", help="only rebuild tables from finished cells")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="cells run at once, each child with cores/jobs threads (default: the scale's)")
     p.add_argument("--fail_fast", action="store_true", help="stop at the first failing cell")  # default: go on
     a = p.parse_args(argv)
     a.out = a.out or os.path.join("results", a.scale)
@@ -216,30 +225,34 @@ def read_result(cell):  # the only "finished" signal: the child writes result.js
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def subprocess_runner(cell, log_path):
-    """Run one cell's command, all of its output into log_path; returns the exit code."""
+def subprocess_runner(cell, log_path, threads=0):
+    """Run one cell's command, all of its output into log_path; returns the exit code. threads > 0 caps the
+    child's CPU threads (OMP_NUM_THREADS, which torch reads at start) so parallel cells share the cores."""
     # same interpreter (venv) as ours, scripts found next to this file whatever the working directory
     cmd = [sys.executable, str(HERE / cell.cmd[1]), *cell.cmd[2:]] if cell.cmd[0] == "python" else cell.cmd
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads > 0 else None
     with open(log_path, "w") as log:  # the terminal keeps only the progress view
-        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
 
 def _fmt(s):  # seconds -> h:mm:ss
     return str(timedelta(seconds=int(s)))
 
 
-def _eta(cells, durations):
-    """Time left = sum over cells of the mean duration of finished cells of the same kind (same task)."""
+def _eta(cells, durations, jobs=1):
+    """Time left = sum over cells of the mean duration of finished cells of the same kind (same task), shared
+    by `jobs` parallel workers (a cell's duration was measured with as many cells beside it)."""
     total, untimed = 0.0, 0
     for c in cells:  # a task never timed yet borrows the mean of its kind (all fine-tuning cells)
         same = durations.get(c.meta["eta_kind"]) or [d for k, v in durations.items()
                                                      if k.split(":")[0] == c.kind for d in v]
         total, untimed = (total + statistics.mean(same), untimed) if same else (total, untimed + 1)
-    return _fmt(total) + (f" + {untimed} untimed cells" if untimed else "")
+    return _fmt(total / jobs) + (f" + {untimed} untimed cells" if untimed else "")
 
 
-def run_cells(cells, runner=subprocess_runner, fail_fast=False, log_file=None):
-    """Run every unfinished cell in order; returns one record per cell (status, result, error, wall_s)."""
+def run_cells(cells, runner=subprocess_runner, fail_fast=False, log_file=None, jobs=1):
+    """Run every unfinished cell, up to `jobs` at a time, in grid order as dependencies allow; returns one
+    record per cell (status, result, error, wall_s)."""
     by_id = {c.id: c for c in cells}
     for i, c in enumerate(cells):  # the grid must list each dependency before its users
         late = [d for d in c.deps if d not in by_id or cells.index(by_id[d]) > i]
@@ -265,38 +278,58 @@ def run_cells(cells, runner=subprocess_runner, fail_fast=False, log_file=None):
     t0 = time.time()
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", dynamic_ncols=True,
                bar_format="{desc} {bar} {n}/{total} cells [{elapsed}] {postfix}")
-    for i, cell in enumerate(todo):
-        bad = [d for d in cell.deps if read_result(by_id[d]) is None]
-        if bad:  # a failed pre-training makes its fine-tuning cells pointless
-            errors[cell.id] = f"skipped: dependency {bad} has no result.json"
-            bar.update(1)
-            continue
-        eta = _eta(todo[i:], durations)  # tqdm's own estimate would mix 1-minute and 1-hour cells
-        bar.set_description(cell.id)
-        bar.set_postfix_str(f"left ~{eta}")
-        say(f"[{bar.n}/{len(cells)} done] running {cell.id} | elapsed {_fmt(time.time() - t0)} | left ~{eta}")
+    pending, running, stop = list(todo), {}, False  # running: future -> (cell, start time)
+
+    def start(pool, cell):
         out = Path(cell.out_dir)
         if out.exists():  # no result.json: a killed or failed earlier attempt, start it afresh
             shutil.rmtree(out)
         out.mkdir(parents=True)
         (out / "cmd.txt").write_text(" ".join(cell.cmd))  # what produced this result, for the stale check
-        start = time.time()
-        try:
-            rc = runner(cell, out / "stdout.log")
-        except Exception as e:  # a broken runner is reported like a failing child
-            rc = f"runner raised {e!r}"
-        walls[cell.id] = time.time() - start
-        if read_result(cell) is not None:  # success is result.json, whatever the exit code said
-            durations.setdefault(cell.meta["eta_kind"], []).append(walls[cell.id])
-        else:
-            log = out / "stdout.log"
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else ""
-            # the folder stays for inspection; the next run wipes and retries it
-            errors[cell.id] = f"exit code {rc}, no result.json; log tail:\n{tail}"
-            say(f"FAILED {cell.id}: {errors[cell.id]}")
-            if fail_fast:
+        eta = _eta(pending + [c for c, _ in running.values()], durations, jobs)  # tqdm's would mix min and h
+        say(f"[{bar.n}/{len(cells)} done] running {cell.id} | elapsed {_fmt(time.time() - t0)} | left ~{eta}")
+        running[pool.submit(runner, cell, out / "stdout.log")] = (cell, time.time())
+        bar.set_description(", ".join(c.id for c, _ in running.values()))
+        bar.set_postfix_str(f"left ~{eta}")
+
+    # up to `jobs` cells at once (each child should then use cores/jobs threads); a cell starts once all of
+    # its dependencies have finished, so fine-tuning from scratch can run beside a pre-training cell
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            busy = {c.id for c in pending} | {c.id for c, _ in running.values()}
+            for cell in list(pending):
+                if stop or len(running) >= jobs:
+                    break
+                if any(d in busy for d in cell.deps):  # a dependency is still to come: try later cells
+                    continue
+                pending.remove(cell)
+                bad = [d for d in cell.deps if read_result(by_id[d]) is None]
+                if bad:  # a failed pre-training makes its fine-tuning cells pointless
+                    errors[cell.id] = f"skipped: dependency {bad} has no result.json"
+                    bar.update(1)
+                    continue
+                start(pool, cell)
+            if not running:  # everything left is skipped, or --fail_fast stopped the run
                 break
-        bar.update(1)  # failed cells count as visited, so the bar still ends at the total
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                cell, t_start = running.pop(fut)
+                try:
+                    rc = fut.result()
+                except Exception as e:  # a broken runner is reported like a failing child
+                    rc = f"runner raised {e!r}"
+                walls[cell.id] = time.time() - t_start
+                if read_result(cell) is not None:  # success is result.json, whatever the exit code said
+                    durations.setdefault(cell.meta["eta_kind"], []).append(walls[cell.id])
+                    say(f"finished {cell.id} in {_fmt(walls[cell.id])}")
+                else:
+                    log = Path(cell.out_dir) / "stdout.log"
+                    tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else ""
+                    # the folder stays for inspection; the next run wipes and retries it
+                    errors[cell.id] = f"exit code {rc}, no result.json; log tail:\n{tail}"
+                    say(f"FAILED {cell.id}: {errors[cell.id]}")
+                    stop = stop or fail_fast  # cells already running finish; no new ones start
+                bar.update(1)  # failed cells count as visited, so the bar still ends at the total
     bar.close()
     say(f"{len(cells) - len(errors)} of {len(cells)} cells finished, {len(errors)} failed or skipped, "
         f"this invocation took {_fmt(time.time() - t0)}")
@@ -496,7 +529,11 @@ def main(argv=None):
         records = [dict(id=c.id, kind=c.kind, meta=c.meta, cmd=c.cmd, result=read_result(c), error=None,
                         wall_s=None) for c in cells]
     else:
-        records = run_cells(cells, subprocess_runner, args.fail_fast, os.path.join(args.out, "run.log"))
+        jobs = args.jobs or cfg["jobs"]
+        if jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {jobs}")
+        runner = partial(subprocess_runner, threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
+        records = run_cells(cells, runner, args.fail_fast, os.path.join(args.out, "run.log"), jobs)
     summary = summarize(records, cfg["metric"])
     # results.json holds every number: summary, settings and each cell's full result.json
     summary.update(scale=args.scale, settings=cfg, args=vars(args), records=records)

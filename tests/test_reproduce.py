@@ -4,7 +4,10 @@ Run: python -m pytest -q tests/test_reproduce.py
 """
 import json
 import math
+import os
 import sys
+import threading
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -18,10 +21,11 @@ class FakeRunner:
     """Stands in for subprocess_runner: writes a result.json like the child would, and counts calls."""
 
     def __init__(self, fail=()):
-        self.calls, self.fail = [], set(fail)
+        self.calls, self.fail, self.threads = [], set(fail), set()
 
-    def __call__(self, cell, log_path):
+    def __call__(self, cell, log_path, threads=0):
         self.calls.append(cell.id)
+        self.threads.add(threads)
         Path(log_path).write_text(f"line 1\nlast words of {cell.id}\n")
         if cell.id in self.fail:
             return 3  # like a crashed child: exit code, no result.json
@@ -104,6 +108,48 @@ def test_dependency_order(tmp_path):
     assert sum(c.kind == "pretrain" for c in cells) == 7  # natural + 5 Table 1 sources + sort, no duplicates
     with pytest.raises(ValueError, match="comes after"):
         R.run_cells(list(reversed(cells)), FakeRunner())
+
+
+class SlowRunner(FakeRunner):
+    """A FakeRunner that takes a little time and records when each cell started and ended (thread-safe)."""
+
+    def __init__(self, fail=()):
+        super().__init__(fail)
+        self.lock, self.live, self.peak, self.span = threading.Lock(), 0, 0, {}
+
+    def __call__(self, cell, log_path):
+        with self.lock:
+            self.live += 1
+            self.peak = max(self.peak, self.live)
+            t0 = time.monotonic()
+        time.sleep(0.02)
+        rc = super().__call__(cell, log_path)
+        with self.lock:
+            self.live -= 1
+            self.span[cell.id] = (t0, time.monotonic())
+        return rc
+
+
+def test_parallel_jobs_respect_dependencies_and_the_cap(tmp_path):
+    cells = grid(tmp_path, "--tasks=mtop", "--tables=1,2,3")
+    runner = SlowRunner(fail={"pt-identity"})
+    records = {r["id"]: r for r in R.run_cells(cells, runner, jobs=3)}
+    assert runner.peak == 3  # never more than `jobs` cells at once, and the cap was used
+    for c in cells:
+        if c.id in runner.span:  # a cell starts only after every dependency has ended
+            assert all(runner.span[d][1] <= runner.span[c.id][0] for d in c.deps)
+    skipped = {cid for cid, r in records.items() if r["error"] and "skipped" in r["error"]}
+    assert skipped == {c.id for c in cells if c.deps == ["pt-identity"]} and skipped
+    assert all(records[c.id]["result"] for c in cells if c.id not in skipped | {"pt-identity"})
+    # fine-tuning from scratch does not wait for any pre-training: it starts beside the first cells
+    first_pt_end = min(runner.span[c.id][1] for c in cells if c.kind == "pretrain")
+    assert runner.span["ft-random-mtop-s0"][0] < first_pt_end
+
+
+def test_eta_is_shared_by_parallel_jobs():
+    cells = [R.Cell(f"c{i}", "finetune", [], "x", meta=dict(eta_kind="finetune:mtop")) for i in range(4)]
+    assert R._eta(cells, {"finetune:mtop": [60.0]}) == "0:04:00"
+    assert R._eta(cells, {"finetune:mtop": [60.0]}, jobs=2) == "0:02:00"
 
 
 def test_bad_settings_raise_clear_errors(tmp_path):
@@ -192,6 +238,7 @@ def test_main_end_to_end_with_fake_runner(tmp_path, monkeypatch):
     monkeypatch.setattr(R, "subprocess_runner", runner)
     argv = ["--scale=cpu", "--tasks=mtop", "--tables=1,2,3", "--ln_values=0.4", f"--out={tmp_path}", "--data_dir=D"]
     assert R.main(argv) == 0 and runner.calls
+    assert runner.threads == {max(1, os.cpu_count() // R.SCALES["cpu"]["jobs"])}  # parallel cells share the cores
     for name in ["table1.md", "table2.md", "table3.md", "benefit.svg", "results.json", "run.log"]:
         assert (tmp_path / name).exists(), name
     assert "Paper: parameter statistics" in (tmp_path / "table2.md").read_text()
