@@ -419,7 +419,9 @@ def summarize(records, metric="score"):
 
 # ---------------------------------------------------------------------------------------------- reports
 def _f(x, nd=1):  # a number for a table cell; a dash for "not run (yet)"
-    return "–" if x is None else f"{x:.{nd}f}"
+    if x is None:
+        return "–"
+    return f"{x:.{nd}f}".lstrip("-") if round(x, nd) == 0 else f"{x:.{nd}f}"  # no "-0" for a tiny negative
 
 
 def _ms(c):  # "mean ± std" when several seeds finished

@@ -244,3 +244,8 @@ def test_main_end_to_end_with_fake_runner(tmp_path, monkeypatch):
     assert "Paper: parameter statistics" in (tmp_path / "table2.md").read_text()
     assert json.loads((tmp_path / "results.json").read_text())["methods"]["lime"]["pretrain_acc"] == 90.0
     assert R.main(argv + ["--report_only"]) == 0 and R.main(argv + ["--dry_run"]) == 0
+
+
+def test_table_numbers_never_show_minus_zero():
+    assert [R._f(x, n) for x, n in [(-0.0, 0), (-0.3, 0), (-0.04, 1), (-0.6, 0), (12.345, 1), (None, 1)]] == \
+        ["0", "0", "0.0", "-1", "12.3", "–"]
