@@ -48,6 +48,9 @@ SCALES = {
         pretrain_args={"preset": "default", "tokenizer": "cache/bpe8192.json", "model": "cpu", "d_model": 0,
                        "num_layers": 0, "min_len": 10, "max_len": 64, "src_len": 128, "tgt_len": 128,
                        "warmup_steps": 500, "eval_interval": 500},
+        # per-source overrides of pretrain_args: LIME's 68-id alphabet prefix makes its inputs 74-200 ids long,
+        # so 64 fits none (tasks.py raises); at 128 every mode fits often (35-97% of draws, measured)
+        source_args={"lime": {"max_len": 128}},
         # one step budget for every source, natural included, so sources differ only in their data
         pretrain_steps=1000,
         # natural = span corruption on data_dir/natural_text with the same budget (no T5 checkpoint on CPU)
@@ -76,6 +79,7 @@ SCALES = {
         pretrain_args={"preset": "paper"},
         # released pretrain.sh: 80k steps for every synthetic source
         pretrain_steps=80000,
+        source_args={},  # the paper's lengths (max_len 220) fit every source
         # natural = the off-the-shelf T5 (--t5_dir; --t5_v11_dir for cnndm_10k), PAPER.md §1.1
         natural="hf",
         tasks=list(DOWNSTREAM),  # all six (PAPER.md §1)
@@ -166,7 +170,8 @@ def build_cells(cfg, args):
             # seed 0 for every source: --seeds repeats fine-tuning, not pre-training (PAPER.md §6 has both)
             cmd = ["python", "pretrain.py", f"--task={source}", f"--out_dir={out}",
                    f"--max_steps={cfg['pretrain_steps']}", "--seed=0", f"--data_dir={args.data_dir}"]
-            cells.append(Cell(cid, "pretrain", cmd + _kv(cfg["pretrain_args"]), out,
+            extra = {**cfg["pretrain_args"], **cfg["source_args"].get(source, {})}  # per-source wins
+            cells.append(Cell(cid, "pretrain", cmd + _kv(extra), out,
                               meta=dict(source=source, eta_kind="pretrain")))
         # the best-validation checkpoint, the paper's "max val accuracy" rule (PAPER.md §2)
         return cid, os.path.join(runs, cid, "ckpt_best.pt")

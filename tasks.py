@@ -340,7 +340,7 @@ def lime_example(c, rng, mode):
     result = [x y + + z x y * -]. induct: prefix+result<sep>subst -> rule; deduct: prefix+rule<sep>subst -> result;
     abduct: prefix+rule<sep>result -> subst_str. prefix = <UPPER> vars <LOWER> 24 lower <MATH> 20 math <sep>."""
     col, sep, upp, lbr, low, mth, rbr = (c.vocab.sentinel(99 - i) for i in range(7))  # EXTRA_IDS[:7]
-    while True:
+    for _ in range(1000):  # rejection sampling, as the original; 1000 misses means max_len cannot fit LIME
         al = rng.sample(c.V, 68)  # 68 distinct ids: is_original_vocab_division
         upper, lower, math = al[:24], al[24:48], al[48:]
         k = rng.randint(3, 5)  # variables available to the rule
@@ -363,6 +363,9 @@ def lime_example(c, rng, mode):
         commas = len(variables) - 1
         if len(src) + commas * (mode != "abduct") <= c.hi and len(tgt) + commas * (mode == "abduct") <= c.hi:
             return src, tgt
+    # the 68-id prefix alone is ~50 ids: inputs are 74-200 ids long (median 106-136 by mode, measured)
+    raise ValueError(f"LIME ({mode}): no example of at most max_len={c.hi} ids in 1000 draws; LIME inputs "
+                     "are 74-200 ids long, use max_len >= 128 (the paper's: 220)")
 
 
 # ----------------------------------------------------------------------------- nonsense summarisation (Appendix A)

@@ -106,6 +106,8 @@ def test_dependency_order(tmp_path):
     assert len(stats) == 3 * 4 * 2 * 2  # sources x schemes x tasks x seeds
     assert {c.meta["source"] for c in stats} == {"set", "lime", "identity"}
     assert sum(c.kind == "pretrain" for c in cells) == 7  # natural + 5 Table 1 sources + sort, no duplicates
+    pt = {c.id: c.cmd for c in cells if c.kind == "pretrain"}  # LIME's per-source length override
+    assert "--max_len=128" in pt["pt-lime"] and "--max_len=64" in pt["pt-set"] and "--max_len=128" not in pt["pt-set"]
     with pytest.raises(ValueError, match="comes after"):
         R.run_cells(list(reversed(cells)), FakeRunner())
 

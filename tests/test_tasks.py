@@ -226,6 +226,14 @@ def test_lime_modes_are_consistent():
     assert all(s == V.sentinel(97) for s in srcs)
 
 
+def test_lime_too_short_max_len_fails_instead_of_looping():
+    task = T.get_task("lime", V, max_len=64)  # the 68-id prefix alone fills ~50 ids: nothing fits
+    with pytest.raises(ValueError, match="max_len=64 .* use max_len >= 128"):
+        task.example(random.Random(0))
+    short = T.get_task("lime_deduct", V, max_len=100)  # tight but possible: every example fits
+    assert all(len(s) <= 100 and len(t) <= 100 for s, t in (short.example(random.Random(i)) for i in range(50)))
+
+
 def test_mixture_equal_rates_and_names():
     task = T.get_task("identity+reverse", V)
     assert task.name == "identity+reverse" and task.parts == ["identity", "reverse"]
