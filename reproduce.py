@@ -42,9 +42,11 @@ DOWNSTREAM = ["mtop", "webqsp", "squad", "retrosynthesis", "code_translation", "
 # ---------------------------------------------------------------------------------------------- settings
 SCALES = {
     "cpu": dict(
-        # pretrain.py's small CPU preset; the lead tunes it so Tables 1-3 fit in ~3 h on 2 cores (issue 7)
-        # the same network and BPE as the fine-tuning cells (finetune.py --preset=cpu), so a checkpoint
-        # loads whole; simple-task bodies of 10-64 tokens and 128-token sequences keep a step cheap
+        # the same network and BPE as the fine-tuning cells (finetune.py --preset=cpu: the 9.4M-parameter
+        # `cpu` T5 and an 8192-id BPE), so a checkpoint loads whole; simple-task bodies of 10-64 tokens and
+        # 128-token sequences keep a step cheap. One pre-training cell took 14-40 min with one thread here
+        # (natural text is the cheapest, nonsense summaries the dearest), one fine-tuning cell ~6-11 min:
+        # the grid takes ~2 h with two cells at a time (README)
         pretrain_args={"preset": "default", "tokenizer": "cache/bpe8192.json", "model": "cpu", "d_model": 0,
                        "num_layers": 0, "min_len": 10, "max_len": 64, "src_len": 128, "tgt_len": 128,
                        "warmup_steps": 500, "eval_interval": 500},
@@ -56,8 +58,9 @@ SCALES = {
         # natural = span corruption on data_dir/natural_text with the same budget (no T5 checkpoint on CPU)
         natural="pretrain",
         # short inputs and targets: cheap to train and beam-decode on a CPU, yet structured outputs
-        # MTOP alone by default: one finetune.py --preset=cpu run of 800 steps took ~10 min here, and the grid
-        # has 22 fine-tuning cells per task; add more with --tasks=mtop,webqsp (NOT yet measured end to end)
+        # MTOP alone by default: the grid has 22 fine-tuning cells per task, and MTOP is the downstream task
+        # whose from-scratch score sits clearly between zero and its ceiling at this size (README); add more
+        # with --tasks=mtop,webqsp (not measured end to end)
         tasks=["mtop"],
         # finetune.py's CPU preset, halved (400 steps, evaluated at 200 and 400 on 200 test examples)
         finetune_args={"preset": "cpu", "max_steps": 400, "eval_interval": 200, "n_test": 200},
@@ -380,7 +383,9 @@ def summarize(records, metric="score"):
         src = pre.get(m["source"]) or {}
         row = methods.setdefault(m["method"], dict(
             label=m["label"], tables=m["tables"], source=m["source"], per_task={},
-            pretrain_acc=_as_pct(src.get("best_val_token_acc")), pretrain_em=_as_pct(src.get("val_exact_match"))))
+            pretrain_acc=_as_pct(src.get("best_val_token_acc")), pretrain_em=_as_pct(src.get("val_exact_match")),
+            # "did it learn?": token accuracy of the best constant output (most common token per position)
+            pretrain_const=_as_pct((src.get("baselines") or {}).get("constant", {}).get("token_acc"))))
         cell = row["per_task"].setdefault(m["task"], dict(values=[], scores=[], seeds=[]))
         if r["result"]:  # unfinished or failed cells simply contribute nothing
             cell["values"].append(_value(r["result"], metric))
@@ -452,8 +457,8 @@ def render_tables(summary):
     for tab in summary["tables"]:
         rows = [(k, m) for k, m in summary["methods"].items() if tab in m["tables"]]  # random+natural too
         n_seeds = max([c["n"] for _, m in rows for c in m["per_task"].values()] or [0])
-        main = [[m["label"], f"{_f(m['pretrain_acc'])} / {_f(m['pretrain_em'])}" if m["pretrain_acc"] is not None
-                 else "–"] + [_ms(m["per_task"][t]) for t in tasks] + [_f(m["avg"]),
+        main = [[m["label"], f"{_f(m['pretrain_acc'])} / {_f(m['pretrain_em'])} / {_f(m.get('pretrain_const'))}"
+                 if m["pretrain_acc"] is not None else "–"] + [_ms(m["per_task"][t]) for t in tasks] + [_f(m["avg"]),
                  _f(m["pct"], 0) + ("%" if m["pct"] is not None else "") +
                  (f" ({m['pct_n_tasks']}/{len(tasks)} tasks)" if 0 < m["pct_n_tasks"] < len(tasks) else ""),
                  _f(m["pct_of_avg"], 0), PAPER_HEADLINE.get(k, "")] for k, m in rows]
@@ -462,8 +467,9 @@ def render_tables(summary):
                 f"{n_seeds}). % of benefit = 100 (method - random) / (natural - random) per task; the **headline "
                 "`% benefit` is the mean of the per-task percentages** (PAPER.md §5's presumed form); `% of avg` "
                 "applies the formula to the task averages instead. `pre-train acc` = the source's held-out token "
-                "accuracy / exact match.", "",
-                _md(["method", "pre-train acc / EM"] + tasks + ["avg", "% benefit", "% of avg", "paper"], main), "",
+                "accuracy / exact match / token accuracy of a constant output (the bar a source must clear to have "
+                "learned anything).", "",
+                _md(["method", "pre-train acc / EM / const"] + tasks + ["avg", "% benefit", "% of avg", "paper"], main), "",
                 "Per-task % of benefit:", "",
                 _md(["method"] + tasks, [[m["label"]] + [_pct_cell(m["per_task"][t]) for t in tasks]
                                          for _, m in rows])]

@@ -183,7 +183,8 @@ def rec(method, task, seed, score, tables=(1,), source=None):
 def toy_records():
     """random 10/20, natural 30/60, lime 20±2.83/32 on mtop/retro: hand-computed below."""
     return [dict(id="pt-lime", kind="pretrain", meta=dict(source="lime"), error=None,
-                 result=dict(best_val_token_acc=0.975, val_exact_match=0.5)),
+                 result=dict(best_val_token_acc=0.975, val_exact_match=0.5,
+                             baselines=dict(constant=dict(token_acc=0.25), copy=dict(token_acc=0.1)))),
             rec("random", "mtop", 0, 10, (1, 3)), rec("random", "retrosynthesis", 0, 20, (1, 3)),
             rec("natural", "mtop", 0, 30, (1, 3)), rec("natural", "retrosynthesis", 0, 60, (1, 3)),
             rec("lime", "mtop", 0, 18, source="lime"), rec("lime", "mtop", 1, 22, source="lime"),
@@ -200,7 +201,7 @@ def test_summarize_means_std_and_benefit():
     assert lime["per_task"]["retrosynthesis"]["pct"] == pytest.approx(30)  # (32-20)/(60-20)
     assert lime["pct"] == pytest.approx(40)  # headline: mean of per-task percentages
     assert lime["avg"] == pytest.approx(26) and lime["pct_of_avg"] == pytest.approx(100 * 11 / 30)
-    assert lime["pretrain_acc"] == pytest.approx(97.5)
+    assert lime["pretrain_acc"] == pytest.approx(97.5) and lime["pretrain_const"] == pytest.approx(25)
     assert s["methods"]["random"]["pct"] == 0 and s["methods"]["natural"]["pct"] == pytest.approx(100)
     acc = R.summarize(toy_records(), metric="best_val_token_acc")  # fractions are shown as %
     assert acc["methods"]["lime"]["per_task"]["retrosynthesis"]["mean"] == pytest.approx(32)
