@@ -80,6 +80,7 @@ class TrainConfig:
     vocab_size: int = 256          # tokenizer size n of the synthetic vocabulary (paper: T5's 32100)
     min_len: int = 10              # body length range of the simple tasks (paper: 10..220, PAPER.md §3.0) ...
     max_len: int = 24              # ... short bodies let the default CPU run learn Set within minutes
+    n_task_tokens: int = 0         # > 0: random-token tasks draw from the first n content ids only (PAPER §6); 0 = all
     src_len: int = 64              # inputs longer than this are cut (paper: 512)
     tgt_len: int = 64              # targets too; also the greedy decoding budget at eval (paper: 512)
     # -- model
@@ -681,7 +682,8 @@ def main(argv):
     tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
     vocab = tokenizer or Vocab(cfg.vocab_size)
     build = partial(get_task, cfg.task, vocab, tokenizer=tokenizer, data_dir=cfg.data_dir or None,
-                    min_len=cfg.min_len, max_len=cfg.max_len)      # picklable: TaskData's workers call it
+                    min_len=cfg.min_len, max_len=cfg.max_len,      # picklable: TaskData's workers call it
+                    n_task_tokens=cfg.n_task_tokens or None)
     task = build()
 
     # -- model: fresh (seeded: every rank builds the same one), resumed, or initialised from a checkpoint
