@@ -84,6 +84,7 @@ class FinetuneConfig:
     tgt_len: int = 128             # targets too
     max_train: int = 0             # > 0: use only the first max_train training examples
     lowercase: bool = False        # lowercase source and target (the paper's CNNDM-10K was lowercased)
+    bucket: int = 0                # > 0: batches of similar lengths, sorted within chunks of this many batches
     # -- model
     model: str = "cpu"             # model.PRESETS name used by --init=scratch and preattn_ln
     dropout: float = 0.1           # paper: 0.1
@@ -208,21 +209,42 @@ class EpochData:
     """Shuffled epochs over fixed examples, as the `train_data` pretrain.train() expects.
 
     Example order depends only on (seed, epoch), and the state is one position counter, so a resumed
-    run sees exactly the batches an uninterrupted one would."""
+    run sees exactly the batches an uninterrupted one would.
 
-    def __init__(self, pairs, seed: int, src_len: int, tgt_len: int):
-        self.pairs, self.seed, self.src_len, self.tgt_len = pairs, seed, src_len, tgt_len
-        self.position, self.truncated, self._epoch, self._order = 0, 0, -1, None
+    bucket > 0 cuts padding: each chunk of `bucket` batches' worth of shuffled examples is sorted by length
+    and cut into batches, whose order is then shuffled (T5 packs sequences instead; sorting is simpler and
+    enough on a CPU). An epoch then holds a whole number of batches: the len % batch examples left over
+    are skipped, different ones every epoch."""
+
+    def __init__(self, pairs, seed: int, src_len: int, tgt_len: int, bucket: int = 0):
+        self.pairs, self.seed, self.src_len, self.tgt_len, self.bucket = pairs, seed, src_len, tgt_len, bucket
+        self.position, self.truncated, self._epoch, self._order, self._n = 0, 0, -1, None, None
 
     def _index(self, i: int) -> int:
-        epoch, j = divmod(i, len(self.pairs))
+        per_epoch = len(self.pairs) - (len(self.pairs) % self._n if self.bucket else 0)
+        epoch, j = divmod(i, per_epoch)
         if epoch != self._epoch:                           # a new permutation per epoch
-            self._order = list(range(len(self.pairs)))
-            random.Random(f"{self.seed}/epoch{epoch}").shuffle(self._order)
-            self._epoch = epoch
+            order = list(range(len(self.pairs)))
+            rng = random.Random(f"{self.seed}/epoch{epoch}")
+            rng.shuffle(order)
+            if self.bucket:
+                n, size = self._n, (lambda k: len(self.pairs[k][0]) + len(self.pairs[k][1]))
+                batches = []
+                for c in range(0, per_epoch, self.bucket * n):  # chunks of similar-length batches
+                    chunk = sorted(order[c:min(c + self.bucket * n, per_epoch)], key=size)
+                    batches += [chunk[b:b + n] for b in range(0, len(chunk), n)]
+                rng.shuffle(batches)
+                order = [k for batch in batches for k in batch]
+            self._order, self._epoch = order, epoch
         return self._order[j]
 
     def next_batch(self, n: int) -> dict:
+        if self._n is None:
+            self._n = n
+        elif self.bucket and n != self._n:                 # batches are cut at fixed positions
+            raise ValueError(f"bucketed EpochData serves batches of {self._n} examples, asked for {n}")
+        if self.bucket and len(self.pairs) < n:
+            raise ValueError(f"bucketed EpochData needs at least one batch of {n} examples, has {len(self.pairs)}")
         examples = [self.pairs[self._index(self.position + k)] for k in range(n)]
         self.position += n
         batch, cut = collate(examples, self.src_len, self.tgt_len)
@@ -330,7 +352,7 @@ def main(argv):
         history.append(dict(step=step, val_token_acc=acc, **scores))
         return dict(token_acc=acc, **scores)
 
-    out = train(cfg, model, EpochData(train_pairs, cfg.seed, cfg.src_len, cfg.tgt_len), eval_fn,
+    out = train(cfg, model, EpochData(train_pairs, cfg.seed, cfg.src_len, cfg.tgt_len, cfg.bucket), eval_fn,
                 log_extra=dict(task=cfg.task, init=cfg.init))
     if out["rank"] != 0:                                   # under torchrun only rank 0 evaluated
         return None

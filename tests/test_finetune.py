@@ -131,3 +131,21 @@ def test_tiny_finetuning_run_learns(tmp_path, monkeypatch):
     on_disk = json.load(open(tmp_path / "out" / "result.json"))
     assert on_disk["score"] == result["score"] and on_disk["best_step"] == select_best(result["history"])["step"]
     assert os.path.exists(tmp_path / "out" / "ckpt_best.pt")
+
+
+def test_bucketed_batches_cut_padding_and_cover_each_epoch_once():
+    rng = random.Random(0)
+    lens = [rng.randint(1, 56) for _ in range(103)]  # targets about as long as their sources, as in real data
+    pairs = [([5] * n + [1], [6] * (n + rng.randint(0, 6)) + [1]) for n in lens]
+    padded = lambda d: sum(b["input_ids"].numel() + b["labels"].numel() for b in (d.next_batch(8) for _ in range(12)))
+    assert padded(EpochData(pairs, 0, 64, 64, bucket=4)) < 0.75 * padded(EpochData(pairs, 0, 64, 64))
+    d = EpochData(pairs, 0, 64, 64, bucket=4)
+    d.next_batch(8)  # 103 examples -> 12 batches of 8 per epoch; the 7 left over differ between epochs
+    epochs = [[d._index(i) for i in range(e * 96, (e + 1) * 96)] for e in range(2)]
+    assert all(len(set(e)) == 96 for e in epochs) and set(epochs[0]) != set(epochs[1])
+    a, b = EpochData(pairs, 0, 64, 64, bucket=4), EpochData(pairs, 0, 64, 64, bucket=4)
+    first = [a.next_batch(8)["input_ids"] for _ in range(15)]  # crosses the epoch boundary at batch 12
+    b.load_state_dict(dict(position=13 * 8, truncated=0))
+    assert torch.equal(b.next_batch(8)["input_ids"], first[13])  # resume continues the same order
+    with pytest.raises(ValueError, match="batches of 8"):
+        a.next_batch(4)
