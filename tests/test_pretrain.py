@@ -6,6 +6,7 @@ import json
 import math
 import multiprocessing
 import os
+import random
 import re
 import subprocess
 import sys
@@ -236,3 +237,17 @@ def test_overrides_are_typed_and_presets_apply_first():
     assert (cfg.max_steps, cfg.lr, cfg.out_dir, cfg.compile) == (5, 1.0, "out-set", True)
     assert (cfg.batch_size, cfg.src_len, cfg.model, cfg.eval_batches) == (128, 512, "t5-small", 20)
     assert isinstance(cfg.lr, float)
+
+
+def test_n_task_tokens_restricts_the_random_tokens(tmp_path, monkeypatch):
+    import pretrain
+    seen = []
+
+    def spy(*args, **kw):  # the task main() builds, recorded
+        seen.append(get_task(*args, **kw))
+        return seen[-1]
+    monkeypatch.setattr(pretrain, "get_task", spy)
+    run(tmp_path, "--max_steps=1", "--n_task_tokens=20")
+    from tasks import content_ids
+    targets = {t for _, tgt in (seen[0].example(random.Random(i)) for i in range(50)) for t in tgt[:-1]}
+    assert targets <= set(content_ids(Vocab(256), 20)) and len(targets) > 10  # Set's output: body tokens only
