@@ -44,9 +44,10 @@ SCALES = {
     "cpu": dict(
         # the same network and BPE as the fine-tuning cells (finetune.py --preset=cpu: the 9.4M-parameter
         # `cpu` T5 and an 8192-id BPE), so a checkpoint loads whole; simple-task bodies of 10-64 tokens and
-        # 128-token sequences keep a step cheap. One pre-training cell took 14-40 min with one thread here
-        # (natural text is the cheapest, nonsense summaries the dearest), one fine-tuning cell ~6-11 min:
-        # the grid takes ~2 h with two cells at a time (README)
+        # 128-token sequences keep a step cheap. One pre-training cell took 9-48 min with one thread on a
+        # shared machine (natural text the cheapest, nonsense summaries the dearest), a fine-tuning cell 4-14
+        # min: ~240 core-minutes in all, ~2 h with two cells at a time (README). Too few steps for the
+        # sources to learn their tasks well (README): the next thing to change
         pretrain_args={"preset": "default", "tokenizer": "cache/bpe8192.json", "model": "cpu", "d_model": 0,
                        "num_layers": 0, "min_len": 10, "max_len": 64, "src_len": 128, "tgt_len": 128,
                        "warmup_steps": 500, "eval_interval": 500},
