@@ -36,7 +36,7 @@ from model import T5, T5Config, get_config
 from pretrain import CHOICES, evaluate, load_checkpoint, parse_config, train
 from stats_init import apply_init_spec, init_from_stats, load_checkpoint as load_stats_source
 from tasks import collate
-from tokenizer import get_tokenizer, load_tokenizer
+from tokenizer import get_tokenizer, load_tokenizer, write_json_atomic
 
 # Per-task settings of the released fine-tuning scripts (PAPER.md §1.1). `metric` names what
 # metrics.compute_metrics computes and `score` the number the paper's tables report.
@@ -240,11 +240,11 @@ class EpochData:
 
     def next_batch(self, n: int) -> dict:
         if self._n is None:
+            if self.bucket and len(self.pairs) < n:
+                raise ValueError(f"bucketed EpochData needs at least one batch of {n} examples, has {len(self.pairs)}")
             self._n = n
         elif self.bucket and n != self._n:                 # batches are cut at fixed positions
             raise ValueError(f"bucketed EpochData serves batches of {self._n} examples, asked for {n}")
-        if self.bucket and len(self.pairs) < n:
-            raise ValueError(f"bucketed EpochData needs at least one batch of {n} examples, has {len(self.pairs)}")
         examples = [self.pairs[self._index(self.position + k)] for k in range(n)]
         self.position += n
         batch, cut = collate(examples, self.src_len, self.tgt_len)
@@ -362,10 +362,7 @@ def main(argv):
                   best_step=best["step"], best_val_token_acc=best["val_token_acc"],
                   val_token_acc_curve=[[h["step"], h["val_token_acc"]] for h in history], history=history,
                   n_test=len(test_pairs), wall_s=time.time() - t0, config=asdict(cfg))
-    tmp = os.path.join(cfg.out_dir, "result.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, os.path.join(cfg.out_dir, "result.json"))
+    write_json_atomic(os.path.join(cfg.out_dir, "result.json"), result, indent=1)  # last: "finished"
     print(f"\n{cfg.task} ({cfg.init}): test {spec['score']} {result['score']:.2f} at step {best['step']} "
           f"(best validation token accuracy {100 * best['val_token_acc']:.1f}%), {result['wall_s'] / 60:.1f} min")
     return result

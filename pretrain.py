@@ -63,7 +63,7 @@ from tqdm import tqdm
 
 from model import PRESETS as MODEL_PRESETS, T5, T5Config, get_config, keep_freed_memory
 from tasks import TASKS, TaskStream, collate, get_task
-from tokenizer import Vocab, load_tokenizer
+from tokenizer import Vocab, load_tokenizer, write_json_atomic
 
 
 @dataclass
@@ -722,10 +722,7 @@ def main(argv):
         result = dict(task=cfg.task, step=out["step"], best_val_token_acc=out["best_token_acc"],
                       best_step=out["best_step"], val_token_acc=m["token_acc"], val_exact_match=m["exact_match"],
                       baselines=base, wall_s=time.time() - t0, config=asdict(cfg))
-        tmp = os.path.join(cfg.out_dir, "result.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, os.path.join(cfg.out_dir, "result.json"))
+        write_json_atomic(os.path.join(cfg.out_dir, "result.json"), result, indent=1)
     return out
 
 

@@ -30,8 +30,8 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from functools import partial
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -458,7 +458,7 @@ def render_tables(summary):
     for tab in summary["tables"]:
         rows = [(k, m) for k, m in summary["methods"].items() if tab in m["tables"]]  # random+natural too
         n_seeds = max([c["n"] for _, m in rows for c in m["per_task"].values()] or [0])
-        main = [[m["label"], f"{_f(m['pretrain_acc'])} / {_f(m['pretrain_em'])} / {_f(m.get('pretrain_const'))}"
+        main = [[m["label"], f"{_f(m['pretrain_acc'])} / {_f(m['pretrain_em'])} / {_f(m['pretrain_const'])}"
                  if m["pretrain_acc"] is not None else "–"] + [_ms(m["per_task"][t]) for t in tasks] + [_f(m["avg"]),
                  _f(m["pct"], 0) + ("%" if m["pct"] is not None else "") +
                  (f" ({m['pct_n_tasks']}/{len(tasks)} tasks)" if 0 < m["pct_n_tasks"] < len(tasks) else ""),
@@ -543,7 +543,7 @@ def main(argv=None):
         records = [dict(id=c.id, kind=c.kind, meta=c.meta, cmd=c.cmd, result=read_result(c), error=None,
                         wall_s=None) for c in cells]
     else:
-        jobs = args.jobs or cfg["jobs"]
+        jobs = cfg["jobs"] if args.jobs is None else args.jobs  # --jobs=0 is an error, not the default
         if jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {jobs}")
         runner = partial(subprocess_runner, threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)

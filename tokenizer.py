@@ -84,15 +84,16 @@ class Tokenizer(Vocab):
         return f"<extra_id_{self.size - 1 - i}>"
 
 
-def _write_json_atomic(path: str, obj) -> None:
-    # temp file in the same folder + os.replace: a crash or a concurrent reader never sees half a file
+def write_json_atomic(path: str, obj, indent=None) -> None:
+    """json.dump to path through a temp file in the same folder + os.replace: a crash or a concurrent
+    reader never sees half a file (also pretrain.py's and finetune.py's result.json)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cached tokenizer is meant to be shared
+            json.dump(obj, f, ensure_ascii=False, indent=indent)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cached tokenizer or a result is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -186,7 +187,7 @@ class BPETokenizer(Tokenizer):
         return data.decode("utf-8", errors="replace")
 
     def save(self, path: str) -> None:
-        _write_json_atomic(path, {"type": "byte_level_bpe", "version": 1, "size": self.size,
+        write_json_atomic(path, {"type": "byte_level_bpe", "version": 1, "size": self.size,
                                   "pretokenize_pattern": PRETOKENIZE_PATTERN, "merges": self.merges})
 
 
@@ -383,7 +384,7 @@ class UnigramTokenizer(Tokenizer):
         return text[1:] if text.startswith(" ") and self.prepend_scheme != "never" else text
 
     def save(self, path: str) -> None:
-        _write_json_atomic(path, self.spec)
+        write_json_atomic(path, self.spec)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -159,6 +159,8 @@ def test_bad_settings_raise_clear_errors(tmp_path):
         grid(tmp_path, "--tasks=mtop,imagenet")
     with pytest.raises(ValueError, match="--tables"):
         grid(tmp_path, "--tables=4")
+    with pytest.raises(ValueError, match="--jobs must be >= 1, got 0"):  # not silently the scale's default
+        R.main(["--scale=cpu", "--tasks=mtop", f"--out={tmp_path / 'j'}", "--data_dir=D", "--jobs=0"])
     args = R.parse_args(["--scale=paper", "--tasks=mtop,cnndm_10k", "--t5_dir=T5"])
     with pytest.raises(ValueError, match="--t5_v11_dir"):
         R.build_cells(R.SCALES["paper"], args)
