@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from model import T5, estimate_mfu, get_config, hf_names, keep_freed_memory
+from model import T5, estimate_mfu, get_config, hf_names, keep_freed_memory, matmul_peak
 
 
 @dataclass
@@ -57,18 +57,6 @@ def parse_args(argv) -> BenchConfig:
             raise SystemExit(f"--{key} must be {types[key].__name__}, got {value!r}")
         setattr(cfg, key, v)
     return cfg
-
-
-def matmul_peak(dtype, n=2048, reps=10) -> float:
-    """Best FLOP/s of an n x n x n matmul: the realistic ceiling that MFU is measured against."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
 
 
 def time_steps(step, warmup, steps) -> float:
@@ -144,7 +132,7 @@ def main():
     print(f"{cfg.preset}: {model.num_params() / 1e6:.1f}M params, batch {cfg.batch} x ({cfg.src_len} + "
           f"{cfg.tgt_len}), {3 * fpt / 1e6:.0f} MFLOP per target token per training step, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    peak = {name: matmul_peak(dtype, n=2048, reps=10) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     print(f"matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
 
     rows = []

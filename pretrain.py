@@ -61,7 +61,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from model import PRESETS as MODEL_PRESETS, T5, T5Config, get_config, keep_freed_memory
+from model import PRESETS as MODEL_PRESETS, T5, T5Config, get_config, keep_freed_memory, matmul_peak
 from tasks import TASKS, TaskStream, collate, get_task
 from tokenizer import Vocab, load_tokenizer, write_json_atomic
 
@@ -312,20 +312,7 @@ def peak_flops(rt) -> float:
         peak = next((p for key, p in PEAK_FLOPS.items() if key in name), None)
         if peak:
             return peak / (2 if rt.dtype == "float32" else 1)
-    n = 4096 if rt.device_type == "cuda" else 1024
-    a = torch.full((n, n), 0.5, device=rt.device)         # not randn: the training RNG stays untouched
-    sync = torch.cuda.synchronize if rt.device_type == "cuda" else (lambda: None)
-    best = float("inf")
-    with rt.ctx:
-        a @ a                                              # warm-up
-        sync()
-        for _ in range(5):  # the best of 5: one busy moment on a shared machine must not inflate the MFU
-            t0 = time.perf_counter()
-            a @ a
-            a @ a
-            sync()
-            best = min(best, time.perf_counter() - t0)
-    return 2 * 2 * n ** 3 / best
+    return matmul_peak(getattr(torch, rt.dtype), rt.device, n=4096 if rt.device_type == "cuda" else 1024)
 
 
 def setup_runtime(cfg) -> SimpleNamespace:

@@ -431,3 +431,13 @@ def test_dropout_keeps_the_right_fraction_and_scale():
     y = dropout(x, 0.5)
     y.sum().backward()
     assert torch.allclose(x.grad, (y != 0).float() * 2.0)
+
+
+def test_matmul_peak_is_a_rate_and_leaves_the_rng_alone():
+    from model import matmul_peak
+    torch.manual_seed(0)
+    expect = torch.rand(3)
+    torch.manual_seed(0)
+    peak = matmul_peak(torch.float32, n=64, reps=3)
+    assert math.isfinite(peak) and peak > 1e6  # FLOP/s: even a slow CPU does 64^3 matmuls at > 1 MFLOP/s
+    assert torch.equal(torch.rand(3), expect)
