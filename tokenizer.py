@@ -403,12 +403,15 @@ def load_tokenizer(path: str) -> Tokenizer:
     raise ValueError(f"{path} is neither our byte-level BPE json nor a Hugging Face unigram tokenizer.json")
 
 
-def default_corpus(data_dir: str, max_chars_per_file: int | None = None) -> Iterator[str]:
+def default_corpus(data_dir: str, max_chars_per_file: int | None = None, natural_only: bool = False) -> Iterator[str]:
     """natural_text/train.txt plus source and target of every `<task>/train.jsonl` (or the original release's
     `train.txt` with input<TAB>target) in data_dir. `max_chars_per_file` caps each file's contribution, which
-    bounds training time and keeps the two large files (CNN articles, SQuAD contexts) from dominating."""
+    bounds training time and keeps the two large files (CNN articles, SQuAD contexts) from dominating.
+    `natural_only`: the natural text alone, as T5's SentencePiece model was trained on C4 alone; then every
+    downstream token is a piece natural pre-training has seen (with the mixed corpus, 60% of MTOP's target
+    tokens, pieces like "[IN:", never occur in natural_text, so natural pre-training only ever pushes them down)."""
     files = [os.path.join(data_dir, "natural_text", "train.txt")]  # plain text, one paragraph per line
-    for task in sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []:
+    for task in sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) and not natural_only else []:
         for name in ("train.jsonl", "train.txt"):
             if task != "natural_text" and os.path.isfile(os.path.join(data_dir, task, name)):
                 files.append(os.path.join(data_dir, task, name))
@@ -439,7 +442,7 @@ def default_corpus(data_dir: str, max_chars_per_file: int | None = None) -> Iter
 
 
 def get_tokenizer(data_dir: str, size: int, path: str, max_chars_per_file: int | None = 10_000_000,
-                  progress: bool = True) -> Tokenizer:
+                  progress: bool = True, natural_only: bool = False) -> Tokenizer:
     """Load the tokenizer cached at `path`, or train a BPE of `size` on default_corpus(data_dir) and save it
     there (atomically, so parallel runs never read a half-written file). On ../shared/data at size 8192 with
     the default 10M-character cap per file (40M characters in all) training takes about 35-45 s on 2 CPU cores;
@@ -450,20 +453,22 @@ def get_tokenizer(data_dir: str, size: int, path: str, max_chars_per_file: int |
             raise ValueError(f"cached tokenizer {path} has size {tok.size}, but size {size} was asked for; "
                              f"delete it or pass another path")
         return tok
-    tok = train_bpe(default_corpus(data_dir, max_chars_per_file), size, progress=progress)
+    tok = train_bpe(default_corpus(data_dir, max_chars_per_file, natural_only), size, progress=progress)
     tok.save(path)
     return tok
 
 
 if __name__ == "__main__":
     # --key=value arguments, as in the training scripts; max_chars_per_file=0 reads whole files
-    args = dict(data_dir="../shared/data", size=8192, path="out/bpe8192.json", max_chars_per_file=10_000_000)
+    args = dict(data_dir="../shared/data", size=8192, path="out/bpe8192.json", max_chars_per_file=10_000_000,
+                natural_only=0)  # natural_only=1: train on natural_text alone (default_corpus)
     for key, _, value in (arg.lstrip("-").partition("=") for arg in sys.argv[1:]):
         if key not in args:
             raise SystemExit(f"unknown argument {key!r}; valid: {', '.join(args)}")
         args[key] = type(args[key])(value)
     t0 = time.time()
-    tok = get_tokenizer(args["data_dir"], args["size"], args["path"], args["max_chars_per_file"])
+    tok = get_tokenizer(args["data_dir"], args["size"], args["path"], args["max_chars_per_file"],
+                        natural_only=bool(args["natural_only"]))
     print(f"tokenizer {args['path']}: size {tok.size}, ready in {time.time() - t0:.1f} s")
     for task in sorted(os.listdir(args["data_dir"])):  # validation text: not seen in training
         if os.path.isfile(fname := os.path.join(args["data_dir"], task, "validation.jsonl")):

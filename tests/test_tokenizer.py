@@ -139,7 +139,8 @@ def test_sentinel_layout_and_decode(bpe):
 def test_get_tokenizer_trains_caches_and_loads(tmp_path):
     data = tmp_path / "data"
     (data / "natural_text").mkdir(parents=True)
-    (data / "natural_text" / "train.txt").write_text("\n".join(CORPUS[:6]) + "\n")
+    natural = [c for c in CORPUS[:6] if "[IN:" not in c]  # natural text without the MTOP-like line
+    (data / "natural_text" / "train.txt").write_text("\n".join(natural) + "\n")
     (data / "mtop").mkdir()
     rows = [{"source": "what is the weather", "target": "[IN:GET_WEATHER ]"}] * 5
     (data / "mtop" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -150,6 +151,10 @@ def test_get_tokenizer_trains_caches_and_loads(tmp_path):
     assert T.get_tokenizer(str(data), 400, path).merges == tok.merges  # second call loads the cache
     with pytest.raises(ValueError, match="size"):
         T.get_tokenizer(str(data), 512, path)
+    # natural_only: the natural text alone (as T5's vocabulary saw C4 alone), so no merge of the task's text
+    nat = T.get_tokenizer(str(data), 400, str(tmp_path / "nat.json"), progress=False, natural_only=True)
+    assert list(T.default_corpus(str(data), natural_only=True)) == [c + "\n" for c in natural]
+    assert len(nat.encode(" GET_WEATHER")) > len(tok.encode(" GET_WEATHER")) and nat.merges != tok.merges
     (data / "mtop" / "train.jsonl").write_text('{"source": "x"}\n')
     with pytest.raises(ValueError, match="train.jsonl:1"):
         T.get_tokenizer(str(data), 400, str(tmp_path / "other.json"))
