@@ -37,44 +37,53 @@ from xml.sax.saxutils import escape
 
 from tqdm import tqdm
 
+from tokenizer import get_tokenizer
+
 HERE = Path(__file__).resolve().parent
 DOWNSTREAM = ["mtop", "webqsp", "squad", "retrosynthesis", "code_translation", "cnndm_10k"]  # PAPER.md §1
 # ---------------------------------------------------------------------------------------------- settings
+# T5's SentencePiece model was trained on C4 alone, so every downstream token is a piece natural pre-training
+# has seen. Likewise here: a BPE of natural_text alone (tokenizer.default_corpus(natural_only=True)); with the
+# mixed corpus, 60% of MTOP's target tokens (pieces like "[IN:") never occur in natural_text (counted)
+TOKENIZER_CPU = dict(path="cache/bpe8192-natural.json", size=8192, natural_only=True)
 SCALES = {
     "cpu": dict(
-        # the same network and BPE as the fine-tuning cells (finetune.py --preset=cpu: the 9.4M-parameter
-        # `cpu` T5 and an 8192-id BPE), so a checkpoint loads whole; simple-task bodies of 10-64 tokens and
-        # 128-token sequences keep a step cheap. One pre-training cell took 9-48 min with one thread on a
-        # shared machine (natural text the cheapest, nonsense summaries the dearest), a fine-tuning cell 4-14
-        # min: ~240 core-minutes in all, ~2 h with two cells at a time (README). Too few steps for the
-        # sources to learn their tasks well (README): the next thing to change
-        pretrain_args={"preset": "default", "tokenizer": "cache/bpe8192.json", "model": "cpu", "d_model": 0,
-                       "num_layers": 0, "min_len": 10, "max_len": 64, "src_len": 128, "tgt_len": 128,
-                       "warmup_steps": 500, "eval_interval": 500},
+        # model.py's `tiny` T5 (d_model 128, 2+2 layers, 2.0M parameters with the 8192-id BPE) for every cell, so
+        # a checkpoint loads whole. At this size every source learns its task in 2000 steps (pre-training
+        # token accuracy is tabled), where the 9.4M-parameter `cpu` T5 of an earlier grid had not learned
+        # Set or identity after 1000 (README). Simple-task bodies of 10-24 tokens (pretrain.py's default);
+        # natural text and the nesting language in 128-id inputs (max_len is their corrupted input length)
+        pretrain_args={"preset": "default", "model": "tiny", "d_model": 0, "num_layers": 0, "min_len": 10,
+                       "max_len": 24, "src_len": 128, "tgt_len": 128, "warmup_steps": 500, "eval_interval": 500},
         # per-source overrides of pretrain_args: LIME's 68-id alphabet prefix makes its inputs 74-200 ids long,
-        # so 64 fits none (tasks.py raises); at 128 every mode fits often (35-97% of draws, measured)
-        source_args={"lime": {"max_len": 128}},
+        # so 24 fits none (tasks.py raises); at 128 every mode fits often (35-97% of draws, measured)
+        source_args={"lime": {"max_len": 128}, "natural": {"max_len": 128}, "nesting_language": {"max_len": 128}},
         # one step budget for every source, natural included, so sources differ only in their data
-        pretrain_steps=1000,
+        pretrain_steps=2000,
         # natural = span corruption on data_dir/natural_text with the same budget (no T5 checkpoint on CPU)
         natural="pretrain",
-        # short inputs and targets: cheap to train and beam-decode on a CPU, yet structured outputs
-        # MTOP alone by default: the grid has 22 fine-tuning cells per task, and MTOP is the downstream task
-        # whose from-scratch score sits clearly between zero and its ceiling at this size (README); add more
-        # with --tasks=mtop,webqsp (not measured end to end)
+        # the BPE every cell shares, made before the first cell (tokenizer.get_tokenizer) if missing
+        tokenizer=TOKENIZER_CPU,
+        # MTOP alone by default: short inputs and structured targets, cheap to train and beam-decode, and its
+        # from-scratch score sits clearly between zero and its ceiling at this size (README); add more with
+        # --tasks=mtop,webqsp (not measured end to end)
         tasks=["mtop"],
-        # finetune.py's CPU preset, halved (400 steps, evaluated at 200 and 400 on 200 test examples)
-        finetune_args={"preset": "cpu", "max_steps": 400, "eval_interval": 200, "n_test": 200},
+        # finetune.py's CPU preset (800 steps at a constant 0.01, evaluated at 400 and 800) on the tiny model,
+        # 200 test examples per evaluation; batches of similar lengths (--bucket: MTOP's targets under this BPE
+        # run 10-200 ids, and padding each batch to its longest cost 1.5x in step time, measured)
+        finetune_args={"preset": "cpu", "model": "tiny", "max_steps": 800, "eval_interval": 400, "n_test": 200,
+                       "bucket": 50},
         # per-task overrides of finetune_args (none yet at this scale)
         task_args={},
-        # default --seeds; fine-tuning is repeated per seed, pre-training runs once per source
+        # default --seeds; fine-tuning is repeated per seed, pre-training runs once per source. One seed keeps
+        # the grid near an hour here; `--seeds=2 --tables=1` then adds a second seed to Table 1 (README)
         seeds=1,
         # cells at once, one thread each: this small model gains little from a second thread (pretrain.py's
         # threads note), so two one-thread cells do ~twice the work of one two-thread cell on 2 cores
         jobs=2,
         # Table 3 constants; 0.4 is the README default, the ends show the trend (PAPER.md §4)
         ln_values=[0.1, 0.4, 0.8],
-        # exact match is near 0 for a tiny model, so validation token accuracy drives % of benefit here;
+        # exact match is coarse for a tiny model, so validation token accuracy drives % of benefit here;
         # the test score ("score") is tabled beside it
         metric="best_val_token_acc",
     ),
@@ -86,6 +95,7 @@ SCALES = {
         source_args={},  # the paper's lengths (max_len 220) fit every source
         # natural = the off-the-shelf T5 (--t5_dir; --t5_v11_dir for cnndm_10k), PAPER.md §1.1
         natural="hf",
+        tokenizer=None,  # T5's own: every cell gets --tokenizer=<t5_dir>/tokenizer.json (build_cells)
         tasks=list(DOWNSTREAM),  # all six (PAPER.md §1)
         finetune_args={"preset": "paper"},  # Adafactor, constant LR, batch sizes of PAPER.md §1.1
         # released finetune.sh step counts per task (PAPER.md §1.1)
@@ -164,6 +174,8 @@ def build_cells(cfg, args):
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     lns = [float(c) for c in args.ln_values.split(",")] if args.ln_values else cfg["ln_values"]
     runs = os.path.join(args.out, "runs")  # one folder per cell; its name is the cell id
+    tok = (cfg["tokenizer"] or {}).get("path") or (args.t5_dir and os.path.join(args.t5_dir, "tokenizer.json"))
+    tok_arg = [f"--tokenizer={tok}"] if tok else []  # one tokenizer for every cell, so checkpoints fit
     cells, pt_ids = [], set()  # cells in run order; ids of pre-training cells already placed
 
     def pretrain(source):  # one pre-training cell per source, shared by every table that needs it
@@ -173,7 +185,7 @@ def build_cells(cfg, args):
             out = os.path.join(runs, cid)
             # seed 0 for every source: --seeds repeats fine-tuning, not pre-training (PAPER.md §6 has both)
             cmd = ["python", "pretrain.py", f"--task={source}", f"--out_dir={out}",
-                   f"--max_steps={cfg['pretrain_steps']}", "--seed=0", f"--data_dir={args.data_dir}"]
+                   f"--max_steps={cfg['pretrain_steps']}", "--seed=0", f"--data_dir={args.data_dir}", *tok_arg]
             extra = {**cfg["pretrain_args"], **cfg["source_args"].get(source, {})}  # per-source wins
             cells.append(Cell(cid, "pretrain", cmd + _kv(extra), out,
                               meta=dict(source=source, eta_kind="pretrain")))
@@ -185,7 +197,7 @@ def build_cells(cfg, args):
             for task in tasks:
                 cid, out = f"ft-{method}-{task}-s{seed}", os.path.join(runs, f"ft-{method}-{task}-s{seed}")
                 cmd = ["python", "finetune.py", f"--task={task}", f"--data_dir={args.data_dir}",
-                       f"--init={init_for_task(task)}", f"--out_dir={out}", f"--seed={seed}"]
+                       f"--init={init_for_task(task)}", f"--out_dir={out}", f"--seed={seed}", *tok_arg]
                 extra = {**cfg["finetune_args"], **cfg["task_args"].get(task, {})}  # per-task wins
                 cells.append(Cell(cid, "finetune", cmd + _kv(extra), out, list(deps),
                                   dict(method=method, label=label, tables=tabs, task=task, seed=seed,
@@ -546,6 +558,9 @@ def main(argv=None):
         jobs = cfg["jobs"] if args.jobs is None else args.jobs  # --jobs=0 is an error, not the default
         if jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {jobs}")
+        if cfg["tokenizer"]:  # made once here, not by two cells racing to train it
+            t = cfg["tokenizer"]
+            get_tokenizer(args.data_dir, t["size"], t["path"], natural_only=t["natural_only"])
         runner = partial(subprocess_runner, threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
         records = run_cells(cells, runner, args.fail_fast, os.path.join(args.out, "run.log"), jobs)
     summary = summarize(records, cfg["metric"])

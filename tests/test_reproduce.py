@@ -107,7 +107,9 @@ def test_dependency_order(tmp_path):
     assert {c.meta["source"] for c in stats} == {"set", "lime", "identity"}
     assert sum(c.kind == "pretrain" for c in cells) == 7  # natural + 5 Table 1 sources + sort, no duplicates
     pt = {c.id: c.cmd for c in cells if c.kind == "pretrain"}  # LIME's per-source length override
-    assert "--max_len=128" in pt["pt-lime"] and "--max_len=64" in pt["pt-set"] and "--max_len=128" not in pt["pt-set"]
+    assert "--max_len=128" in pt["pt-lime"] and "--max_len=24" in pt["pt-set"] and "--max_len=128" not in pt["pt-set"]
+    tok = f"--tokenizer={R.TOKENIZER_CPU['path']}"  # one tokenizer for every cell, so checkpoints load whole
+    assert all(c.cmd.count(tok) == 1 and sum(a.startswith("--tokenizer=") for a in c.cmd) == 1 for c in cells)
     with pytest.raises(ValueError, match="comes after"):
         R.run_cells(list(reversed(cells)), FakeRunner())
 
