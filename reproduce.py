@@ -423,6 +423,12 @@ def summarize(records, metric="score"):
             notes.append(f"{t}: natural == random, so its % of benefit is n/a (division by ~0)")
         elif r_ is not None and n_ is not None and n_ < r_:
             notes.append(f"{t}: natural scores below random; its % of benefit has the opposite sign")
+        if r_ is not None and n_ is not None and "random" in methods and "natural" in methods:
+            rc, nc = methods["random"]["per_task"][t], methods["natural"]["per_task"][t]
+            spread = rc["std"] + nc["std"]  # sample stds, known only with 2+ seeds of both rows
+            if rc["n"] > 1 and nc["n"] > 1 and 0 < abs(n_ - r_) < spread:
+                notes.append(f"{t}: natural - random = {n_ - r_:+.2f} is within the seeds' spread (std {rc['std']:.2f}"
+                             f" + {nc['std']:.2f}), so its % of benefit is dominated by noise; compare points")
     for row in methods.values():
         for t in tasks:
             c, r_, n_ = row["per_task"][t], ref("random", t), ref("natural", t)

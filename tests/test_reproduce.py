@@ -220,6 +220,15 @@ def test_natural_equal_random_gives_na():
     assert "n/a" in R.render_tables(s)["table1.md"]
 
 
+def test_note_when_natural_minus_random_is_within_seed_spread():
+    recs = toy_records() + [rec("random", "mtop", 1, 12, (1, 3)), rec("natural", "mtop", 1, 14, (1, 3))]
+    notes = R.summarize(recs, metric="score")["notes"]  # mtop: random 11 ± 1.41, natural 22 ± 11.3 -> +11 < 12.7
+    assert any(n.startswith("mtop: natural - random = +11.00 is within the seeds' spread") for n in notes)
+    assert not any("spread" in n for n in R.summarize(toy_records(), metric="score")["notes"])  # one seed: unknown
+    recs = toy_records() + [rec("random", "mtop", 1, 11, (1, 3)), rec("natural", "mtop", 1, 31, (1, 3))]
+    assert not any("spread" in n for n in R.summarize(recs, metric="score")["notes"])  # +20.5 >> 0.71 + 0.71
+
+
 def test_render_tables_contains_rows_and_numbers():
     tables = R.render_tables(R.summarize(toy_records(), metric="score"))
     assert set(tables) == {"table1.md", "table3.md"}
