@@ -219,7 +219,7 @@ def test_bad_settings_list_the_valid_choices(capsys):
         parse_config(["--preset=huge"])
     with pytest.raises(ValueError, match=r"unknown task 'sett'; valid tasks .*identity, set, delete.*lime"):
         main(TINY + ["--task=sett"])
-    with pytest.raises(ValueError, match=r"unknown model preset 'big'; valid: cpu, t5-small"):
+    with pytest.raises(ValueError, match=r"unknown model preset 'big'; valid: cpu, tiny, t5-small"):
         main(TINY + ["--model=big"])
     with pytest.raises(ValueError, match=r"--optimizer='sgd' is not one of adafactor, adamw"):
         main(TINY + ["--optimizer=sgd"])
