@@ -250,16 +250,21 @@ def test_svg_is_xml_with_one_bar_per_method():
 
 
 def test_main_end_to_end_with_fake_runner(tmp_path, monkeypatch):
-    runner = FakeRunner()
+    runner, made = FakeRunner(), []
     monkeypatch.setattr(R, "subprocess_runner", runner)
+    # the shared tokenizer is made once, before any cell runs (here: recorded, not trained)
+    monkeypatch.setattr(R, "get_tokenizer", lambda *a, **k: made.append((a, k, len(runner.calls))))
     argv = ["--scale=cpu", "--tasks=mtop", "--tables=1,2,3", "--ln_values=0.4", f"--out={tmp_path}", "--data_dir=D"]
     assert R.main(argv) == 0 and runner.calls
+    tok = R.TOKENIZER_CPU
+    assert made == [(("D", tok["size"], tok["path"]), {"natural_only": True}, 0)]
     assert runner.threads == {max(1, os.cpu_count() // R.SCALES["cpu"]["jobs"])}  # parallel cells share the cores
     for name in ["table1.md", "table2.md", "table3.md", "benefit.svg", "results.json", "run.log"]:
         assert (tmp_path / name).exists(), name
     assert "Paper: parameter statistics" in (tmp_path / "table2.md").read_text()
     assert json.loads((tmp_path / "results.json").read_text())["methods"]["lime"]["pretrain_acc"] == 90.0
     assert R.main(argv + ["--report_only"]) == 0 and R.main(argv + ["--dry_run"]) == 0
+    assert len(made) == 1  # reports and dry runs train nothing
 
 
 def test_table_numbers_never_show_minus_zero():
