@@ -94,7 +94,7 @@ class T5Config:
 PRESETS = {
     # small and quick on a 2-core CPU; vocab follows tokenizer.py's default BPE size (override to match yours)
     "cpu": T5Config(),
-    # a quarter of `cpu`'s width per layer and half its depth (1.8M parameters with the 8192-id BPE): the CPU
+    # half of `cpu`'s width and half its depth (2.0M parameters with the 8192-id BPE): the CPU
     # reproduction grid's model, cheap enough that every pre-training source learns its task in minutes
     "tiny": T5Config(d_model=128, d_kv=32, d_ff=512, num_layers=2, num_decoder_layers=2),
     # PAPER.md §2: T5X small.gin, the paper's model
