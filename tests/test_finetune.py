@@ -68,6 +68,12 @@ def test_presets_and_overrides():
     paper = get_finetune_config(["--task=webqsp", "--preset=paper", "--lr=0.01"])
     assert (paper.src_len, paper.tgt_len, paper.batch_size, paper.max_steps, paper.lr) == (2048, 256, 32, 50_000, 0.01)
     assert get_finetune_config(["--task=retrosynthesis", "--preset=paper"]).lr == 3e-3
+    # the CPU preset's retrosynthesis run: 1500 steps, evaluated once, bucketed (README's 14-minute run);
+    # the other tasks keep the preset's 800 steps, two evaluations and unbucketed batches
+    assert (cfg.max_steps, cfg.eval_interval, cfg.bucket) == (1500, 1500, 50)
+    mtop = get_finetune_config(["--task=mtop"])
+    assert (mtop.max_steps, mtop.eval_interval, mtop.bucket) == (800, 400, 0)
+    assert get_finetune_config(["--task=retrosynthesis", "--max_steps=300"]).max_steps == 300  # flags still win
     assert get_finetune_config(["--preset=paper", "--task=cnndm_10k"]).lowercase
     with pytest.raises(ValueError, match="valid tasks: cnndm_10k, mtop"):
         get_finetune_config(["--task=imdb"])
@@ -99,6 +105,13 @@ def test_checkpoint_with_wrong_vocabulary_fails_clearly(tmp_path):
     cfg = get_finetune_config([f"--init={path}"])
     with pytest.raises(ValueError, match="1024 embedding rows but the tokenizer needs 512"):
         finetune.build_model(cfg, tok)
+
+
+def test_named_tokenizer_that_is_missing_fails_instead_of_being_trained(tmp_path):
+    path = tmp_path / "nope.json"
+    with pytest.raises(FileNotFoundError, match=r"--tokenizer=.*nope.json does not exist; make one with"):
+        finetune.main([f"--tokenizer={path}", f"--data_dir={tmp_path}", f"--out_dir={tmp_path / 'out'}"])
+    assert not path.exists() and not (tmp_path / "out").exists()
 
 
 def test_tiny_finetuning_run_learns(tmp_path, monkeypatch):
