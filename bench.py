@@ -7,7 +7,8 @@ One run measures, on this machine:
   * greedy and beam-4 decoding with the KV cache: generated tokens/s (EOS disabled, so every row runs the
     full length; beam counts the tokens of the returned beam only);
   * with --compare_hf=True and `transformers` importable: HF T5ForConditionalGeneration with the same config,
-    weights and batch, measured in the same process (skipped with a message otherwise).
+    weights and batch, measured in the same process, its steps interleaved with ours, and the median of the
+    per-pair ratios (skipped with a message otherwise).
 
 Run:  python bench.py                                   # t5-v1_1-small, batch 16, 128 + 128 tokens
       python bench.py --preset=t5-small --batch=8 --compile=False --steps=2
@@ -70,8 +71,8 @@ def time_steps(step, warmup, steps) -> float:
     return sorted(times)[len(times) // 2]  # median: robust to a neighbour's burst on a shared machine
 
 
-def bench_train(model, batch, bf16, cfg, compiled=False, hf=False) -> float:
-    """Median seconds of forward + backward + AdamW step."""
+def train_step(model, batch, bf16, compiled=False, hf=False):
+    """A closure running one forward + backward + AdamW step."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # fused: no Python loop over params
     fwd = torch.compile(model) if compiled else model
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -84,7 +85,29 @@ def bench_train(model, batch, bf16, cfg, compiled=False, hf=False) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return time_steps(step, cfg.warmup + int(compiled), cfg.steps)
+    return step
+
+
+def bench_train(model, batch, bf16, cfg, compiled=False) -> float:
+    """Median seconds of forward + backward + AdamW step."""
+    return time_steps(train_step(model, batch, bf16, compiled), cfg.warmup + int(compiled), cfg.steps)
+
+
+def bench_pair(ours, ref, batch, bf16, cfg, compiled=False):
+    """Ours and HF's step, interleaved (who goes first alternates), so that a neighbour's burst or a clock
+    change hits both: (our median s, HF median s, median over pairs of HF time / our time)."""
+    a = train_step(ours, batch, bf16, compiled)
+    b = train_step(ref, batch, bf16, compiled, hf=True)
+    for _ in range(cfg.warmup + int(compiled)):
+        a(), b()
+    ta, tb = [], []
+    for i in range(cfg.steps):
+        for fn, times in ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta)):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    return med(ta), med(tb), med([y / x for x, y in zip(ta, tb)])
 
 
 def bench_decode(model, src, cfg, num_beams) -> float:
@@ -143,16 +166,20 @@ def main():
         print(f"  {name:24s} {mode:5s} {sec * 1e3:9.0f} ms/step {tps:9.0f} tok/s  MFU {rows[-1][-1]:6.1%}", flush=True)
 
     ref = hf_model(model) if cfg.compare_hf else None
+    ratios = []  # (eager/compiled, mode, HF time / our time)
     for mode in cfg.modes.split(","):
         if mode not in peak:
             raise SystemExit(f"--modes: unknown mode {mode!r} (use fp32 and/or bf16)")
-        report("ours eager", mode, bench_train(model, batch, mode == "bf16", cfg))
-        if ref is not None:
-            report("HF eager", mode, bench_train(ref, batch, mode == "bf16", cfg, hf=True))
-        if cfg.compile:
-            report("ours compiled", mode, bench_train(model, batch, mode == "bf16", cfg, compiled=True))
-            if ref is not None:
-                report("HF compiled", mode, bench_train(ref, batch, mode == "bf16", cfg, compiled=True, hf=True))
+        for compiled in (False, True) if cfg.compile else (False,):
+            kind = "compiled" if compiled else "eager"
+            if ref is None:
+                report(f"ours {kind}", mode, bench_train(model, batch, mode == "bf16", cfg, compiled))
+                continue
+            ours_s, hf_s, ratio = bench_pair(model, ref, batch, mode == "bf16", cfg, compiled)
+            report(f"ours {kind}", mode, ours_s)
+            report(f"HF {kind}", mode, hf_s)
+            ratios.append((kind, mode, ratio))
+            print(f"  ours / HF, {kind} {mode}: {ratio:.2f}x (median over {cfg.steps} interleaved pairs)", flush=True)
 
     model.eval()
     dsrc = src[:cfg.decode_batch] if cfg.decode_batch <= cfg.batch else \
@@ -165,6 +192,8 @@ def main():
     for name, mode, sec, tps, mfu in rows:
         print(f"| {name} | {mode} | {sec * 1e3:.0f} | {tps:.0f} | {mfu:.1%} |")
     print(f"| decoding greedy / beam-4 | fp32 | | {greedy:.0f} / {beam:.0f} | |")
+    for kind, mode, ratio in ratios:
+        print(f"ours / HF, {kind} {mode}: {ratio:.2f}x")
 
 
 if __name__ == "__main__":
