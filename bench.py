@@ -60,6 +60,10 @@ def parse_args(argv) -> BenchConfig:
     return cfg
 
 
+def median(xs):  # the upper median: robust to a neighbour's burst on a shared machine
+    return sorted(xs)[len(xs) // 2]
+
+
 def time_steps(step, warmup, steps) -> float:
     for _ in range(warmup):
         step()
@@ -68,7 +72,7 @@ def time_steps(step, warmup, steps) -> float:
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]  # median: robust to a neighbour's burst on a shared machine
+    return median(times)
 
 
 def train_step(model, batch, bf16, compiled=False, hf=False):
@@ -106,8 +110,7 @@ def bench_pair(ours, ref, batch, bf16, cfg, compiled=False):
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
-    med = lambda xs: sorted(xs)[len(xs) // 2]
-    return med(ta), med(tb), med([y / x for x, y in zip(ta, tb)])
+    return median(ta), median(tb), median([y / x for x, y in zip(ta, tb)])
 
 
 def bench_decode(model, src, cfg, num_beams) -> float:
