@@ -57,7 +57,7 @@ CPU_TASKS = {
     "mtop":             dict(src_len=64,  tgt_len=128, max_decode=128),
     "webqsp":           dict(src_len=64,  tgt_len=128, max_decode=128),
     # SMILES targets need more steps: EM 0.7% at 1200 steps, 4.0% at 1500 (README); batches of similar
-    # lengths (bucket) and one evaluation at the end keep that inside 15 minutes here (14.1 min measured)
+    # lengths (bucket) and one evaluation at the end keep that inside 15 minutes here (13.9 min measured, README)
     "retrosynthesis":   dict(src_len=160, tgt_len=160, max_decode=160, max_steps=1500, eval_interval=1500, bucket=50),
     "code_translation": dict(src_len=256, tgt_len=256, max_decode=256, n_test=200),
     "squad":            dict(src_len=384, tgt_len=32,  max_decode=32),
