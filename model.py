@@ -733,6 +733,19 @@ def matmul_peak(dtype=torch.float32, device="cpu", n=1024, reps=5) -> float:
     return 2 * n ** 3 / best
 
 
+# Dense bf16 tensor-core peaks (FLOP/s) from the datasheets; float32 runs use TF32 at half of these.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
+
+
+def datasheet_peak(device, dtype=torch.bfloat16):
+    """The datasheet peak of a known GPU for bf16 (or float32 as TF32) matmuls; None for CPUs and other GPUs."""
+    if torch.device(device).type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    peak = next((p for key, p in PEAK_FLOPS.items() if key in name), None)
+    return peak / 2 if peak and dtype == torch.float32 else peak
+
+
 def estimate_mfu(tokens_per_s, flops_per_token, peak_flops, training=True) -> float:
     """Model FLOPs utilisation: achieved matmul FLOP/s over the peak (training = 3x forward FLOPs)."""
     return tokens_per_s * flops_per_token * (3 if training else 1) / peak_flops

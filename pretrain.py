@@ -61,7 +61,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from model import PRESETS as MODEL_PRESETS, T5, T5Config, get_config, keep_freed_memory, matmul_peak
+from model import (PRESETS as MODEL_PRESETS, T5, T5Config, datasheet_peak, get_config, keep_freed_memory,
+                   matmul_peak)
 from tasks import TASKS, TaskStream, collate, get_task
 from tokenizer import Vocab, load_tokenizer, write_json_atomic
 
@@ -301,18 +302,12 @@ def set_rng_state(s: dict):
 
 
 # ----------------------------------------------------------------------------- runtime: device, dtype, DDP
-# Dense bf16 tensor-core peaks (FLOP/s) for MFU; float32 runs use TF32 at half of these. Other GPUs and
-# CPUs get a peak measured by timing matmuls in the run's dtype.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
-
-
 def peak_flops(rt) -> float:
-    if rt.device_type == "cuda":
-        name = torch.cuda.get_device_name(rt.device)
-        peak = next((p for key, p in PEAK_FLOPS.items() if key in name), None)
-        if peak:
-            return peak / (2 if rt.dtype == "float32" else 1)
-    return matmul_peak(getattr(torch, rt.dtype), rt.device, n=4096 if rt.device_type == "cuda" else 1024)
+    """MFU's denominator: a known GPU's datasheet peak (model.PEAK_FLOPS), else a peak measured by timing
+    matmuls in the run's dtype (CPUs, other GPUs)."""
+    dtype = getattr(torch, rt.dtype)
+    n = 4096 if rt.device_type == "cuda" else 1024
+    return datasheet_peak(rt.device, dtype) or matmul_peak(dtype, rt.device, n=n)
 
 
 def setup_runtime(cfg) -> SimpleNamespace:

@@ -441,3 +441,13 @@ def test_matmul_peak_is_a_rate_and_leaves_the_rng_alone():
     peak = matmul_peak(torch.float32, n=64, reps=3)
     assert math.isfinite(peak) and peak > 1e6  # FLOP/s: even a slow CPU does 64^3 matmuls at > 1 MFLOP/s
     assert torch.equal(torch.rand(3), expect)
+
+
+def test_datasheet_peak_by_card_name(monkeypatch):
+    from model import datasheet_peak
+    assert datasheet_peak("cpu") is None and datasheet_peak("cpu", torch.float32) is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    assert datasheet_peak("cuda") == 989e12  # dense bf16
+    assert datasheet_peak("cuda:0", torch.float32) == 989e12 / 2  # float32 runs as TF32
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce GTX 1080")
+    assert datasheet_peak("cuda") is None  # unknown card: callers measure a peak instead
