@@ -9,10 +9,13 @@ One run measures, on this machine:
   * with --compare_hf=True and `transformers` importable: HF T5ForConditionalGeneration with the same config,
     weights and batch, measured in the same process, its steps interleaved with ours, and the median of the
     per-pair ratios (skipped with a message otherwise).
+On a GPU (--device=cuda) every timing waits for the GPU to finish (torch.cuda.synchronize), and MFU is also
+given against the datasheet peak where model.PEAK_FLOPS knows the card (bf16 dense; float32 as TF32).
 
 Run:  python bench.py                                   # t5-v1_1-small, batch 16, 128 + 128 tokens
       python bench.py --preset=t5-small --batch=8 --compile=False --steps=2
       python bench.py --preset=cpu --batch=4 --src_len=32 --tgt_len=32 --decode_tokens=8   # smoke test
+      python bench.py --device=cuda --preset=t5-small --batch=128 --src_len=512 --tgt_len=512 --modes=bf16
 Timings on a shared machine are noisy: compare rows of one run, not across runs.
 """
 import ast
@@ -23,7 +26,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from model import T5, estimate_mfu, get_config, hf_names, keep_freed_memory, matmul_peak
+from model import T5, datasheet_peak, estimate_mfu, get_config, hf_names, keep_freed_memory, matmul_peak
 
 
 @dataclass
@@ -40,6 +43,7 @@ class BenchConfig:
     decode_tokens: int = 32  # new tokens per decoded sequence
     compare_hf: bool = False  # also time transformers' T5ForConditionalGeneration (if installed)
     threads: int = 0  # torch threads; 0 keeps torch's default
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
     keep_memory: bool = True  # glibc keeps freed memory (model.keep_freed_memory): ~7x faster bf16 steps here
     seed: int = 0
 
@@ -64,22 +68,30 @@ def median(xs):  # the upper median: robust to a neighbour's burst on a shared m
     return sorted(xs)[len(xs) // 2]
 
 
-def time_steps(step, warmup, steps) -> float:
+def sync(device):  # a GPU runs asynchronously: wait for it before reading the clock
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def time_steps(step, warmup, steps, device="cpu") -> float:
     for _ in range(warmup):
         step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return median(times)
+    return median([timed(step, device) for _ in range(steps)])
 
 
 def train_step(model, batch, bf16, compiled=False, hf=False):
     """A closure running one forward + backward + AdamW step."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # fused: no Python loop over params
     fwd = torch.compile(model) if compiled else model
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     def step():
         with autocast:
@@ -94,7 +106,7 @@ def train_step(model, batch, bf16, compiled=False, hf=False):
 
 def bench_train(model, batch, bf16, cfg, compiled=False) -> float:
     """Median seconds of forward + backward + AdamW step."""
-    return time_steps(train_step(model, batch, bf16, compiled), cfg.warmup + int(compiled), cfg.steps)
+    return time_steps(train_step(model, batch, bf16, compiled), cfg.warmup + int(compiled), cfg.steps, cfg.device)
 
 
 def bench_pair(ours, ref, batch, bf16, cfg, compiled=False):
@@ -107,9 +119,7 @@ def bench_pair(ours, ref, batch, bf16, cfg, compiled=False):
     ta, tb = [], []
     for i in range(cfg.steps):
         for fn, times in ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta)):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
+            times.append(timed(fn, cfg.device))
     return median(ta), median(tb), median([y / x for x, y in zip(ta, tb)])
 
 
@@ -118,7 +128,8 @@ def bench_decode(model, src, cfg, num_beams) -> float:
     eos = model.config.eos_token_id
     model.config.eos_token_id = -1
     try:
-        sec = time_steps(lambda: model.generate(src, max_new_tokens=cfg.decode_tokens, num_beams=num_beams), 1, 2)
+        sec = time_steps(lambda: model.generate(src, max_new_tokens=cfg.decode_tokens, num_beams=num_beams), 1, 2,
+                         cfg.device)
     finally:
         model.config.eos_token_id = eos
     return src.shape[0] * cfg.decode_tokens / sec
@@ -133,46 +144,64 @@ def hf_model(model):
         return None
     c = model.config
     hf_cfg = transformers.T5Config(**asdict(c), is_encoder_decoder=True)
-    ref = transformers.T5ForConditionalGeneration(hf_cfg).train()
+    ref = transformers.T5ForConditionalGeneration(hf_cfg).to(model.shared.weight.device).train()
     names = hf_names(c)
     missing, _ = ref.load_state_dict({names[k]: v for k, v in model.state_dict().items()}, strict=False)
     assert all("embed_tokens" in k or k == "lm_head.weight" for k in missing), missing  # tied aliases only
     return ref
 
 
-def main():
-    cfg = parse_args(sys.argv[1:])
+def main(argv=None):
+    """Run the benchmark; returns the training rows (name, mode, s/step, tokens/s, MFU, datasheet MFU or None),
+    the ours/HF ratios and the decoding rates (greedy, beam-4 tokens/s)."""
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        on_gpu = torch.device(cfg.device).type == "cuda"
+    except RuntimeError:
+        raise SystemExit(f"--device={cfg.device!r} is not a device: use cpu, cuda or cuda:N")
+    bad = [m for m in cfg.modes.split(",") if m not in ("fp32", "bf16")]
+    if bad:
+        raise SystemExit(f"--modes: unknown mode {bad[0]!r} (use fp32 and/or bf16)")
+    if on_gpu and not torch.cuda.is_available():
+        raise SystemExit(f"--device={cfg.device} but CUDA is not available here; use --device=cpu")
+    if on_gpu:  # float32 matmuls as TF32, as pretrain.py trains them
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.keep_memory and not keep_freed_memory():
         print("keep_memory: glibc mallopt not available here; continuing with the default allocator")
     torch.manual_seed(cfg.seed)
     mcfg = get_config(cfg.preset)
-    model = T5(mcfg).train()
+    model = T5(mcfg).to(cfg.device).train()
     g = torch.Generator().manual_seed(cfg.seed)
-    src = torch.randint(3, mcfg.vocab_size, (cfg.batch, cfg.src_len), generator=g)
-    tgt = torch.randint(3, mcfg.vocab_size, (cfg.batch, cfg.tgt_len), generator=g)
+    src = torch.randint(3, mcfg.vocab_size, (cfg.batch, cfg.src_len), generator=g).to(cfg.device)
+    tgt = torch.randint(3, mcfg.vocab_size, (cfg.batch, cfg.tgt_len), generator=g).to(cfg.device)
     batch = dict(input_ids=src, attention_mask=torch.ones_like(src), labels=tgt)
     fpt = model.flops_per_token(cfg.src_len, cfg.tgt_len)
     tokens = cfg.batch * cfg.tgt_len  # target tokens per step; the encoder's work is inside fpt
     print(f"{cfg.preset}: {model.num_params() / 1e6:.1f}M params, batch {cfg.batch} x ({cfg.src_len} + "
           f"{cfg.tgt_len}), {3 * fpt / 1e6:.0f} MFLOP per target token per training step, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    peak = {name: matmul_peak(dtype, n=2048, reps=10) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    print(f"matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
+          f"{torch.cuda.get_device_name(cfg.device) if on_gpu else f'{torch.get_num_threads()} CPU threads'}, "
+          f"torch {torch.__version__}")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peak = {m: matmul_peak(dt, cfg.device, n=8192 if on_gpu else 2048, reps=10) for m, dt in dtypes.items()}
+    sheet = {m: datasheet_peak(cfg.device, dt) for m, dt in dtypes.items()}  # None off known GPUs
+    print(f"matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s" +
+          (f"; datasheet fp32 (TF32) {sheet['fp32'] / 1e12:.0f}, bf16 {sheet['bf16'] / 1e12:.0f} TFLOP/s"
+           if sheet["bf16"] else ""))
 
-    rows = []
+    rows = []  # (name, mode, s/step, tokens/s, MFU vs measured peak, MFU vs datasheet or None)
 
     def report(name, mode, sec):
         tps = tokens / sec
-        rows.append((name, mode, sec, tps, estimate_mfu(tps, fpt, peak[mode])))
-        print(f"  {name:24s} {mode:5s} {sec * 1e3:9.0f} ms/step {tps:9.0f} tok/s  MFU {rows[-1][-1]:6.1%}", flush=True)
+        mfu = [estimate_mfu(tps, fpt, p) if p else None for p in (peak[mode], sheet[mode])]
+        rows.append((name, mode, sec, tps, *mfu))
+        print(f"  {name:24s} {mode:5s} {sec * 1e3:9.0f} ms/step {tps:9.0f} tok/s  MFU {mfu[0]:6.1%}" +
+              (f" (datasheet {mfu[1]:.1%})" if mfu[1] else ""), flush=True)
 
     ref = hf_model(model) if cfg.compare_hf else None
     ratios = []  # (eager/compiled, mode, HF time / our time)
     for mode in cfg.modes.split(","):
-        if mode not in peak:
-            raise SystemExit(f"--modes: unknown mode {mode!r} (use fp32 and/or bf16)")
         for compiled in (False, True) if cfg.compile else (False,):
             kind = "compiled" if compiled else "eager"
             if ref is None:
@@ -186,17 +215,19 @@ def main():
 
     model.eval()
     dsrc = src[:cfg.decode_batch] if cfg.decode_batch <= cfg.batch else \
-        torch.randint(3, mcfg.vocab_size, (cfg.decode_batch, cfg.src_len), generator=g)
+        torch.randint(3, mcfg.vocab_size, (cfg.decode_batch, cfg.src_len), generator=g).to(cfg.device)
     greedy, beam = bench_decode(model, dsrc, cfg, 1), bench_decode(model, dsrc, cfg, 4)
     print(f"  decoding fp32, batch {dsrc.shape[0]}, {cfg.decode_tokens} new tokens: greedy {greedy:.0f} tok/s, "
           f"beam-4 {beam:.0f} tok/s")
 
-    print("\n| model | precision | ms/step | target tok/s | MFU |\n|---|---|---|---|---|")
-    for name, mode, sec, tps, mfu in rows:
-        print(f"| {name} | {mode} | {sec * 1e3:.0f} | {tps:.0f} | {mfu:.1%} |")
-    print(f"| decoding greedy / beam-4 | fp32 | | {greedy:.0f} / {beam:.0f} | |")
+    print("\n| model | precision | ms/step | target tok/s | MFU | MFU (datasheet) |\n|---|---|---|---|---|---|")
+    for name, mode, sec, tps, mfu, mfu_sheet in rows:
+        sheet_cell = f"{mfu_sheet:.1%}" if mfu_sheet else "–"
+        print(f"| {name} | {mode} | {sec * 1e3:.0f} | {tps:.0f} | {mfu:.1%} | {sheet_cell} |")
+    print(f"| decoding greedy / beam-4 | fp32 | | {greedy:.0f} / {beam:.0f} | | |")
     for kind, mode, ratio in ratios:
         print(f"ours / HF, {kind} {mode}: {ratio:.2f}x")
+    return rows, ratios, (greedy, beam)
 
 
 if __name__ == "__main__":
