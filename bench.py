@@ -29,6 +29,9 @@ import torch
 from model import T5, datasheet_peak, estimate_mfu, get_config, hf_names, keep_freed_memory, matmul_peak
 
 
+MODES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # --modes: precision name -> matmul dtype
+
+
 @dataclass
 class BenchConfig:
     preset: str = "t5-v1_1-small"  # model preset from model.PRESETS
@@ -159,7 +162,7 @@ def main(argv=None):
         on_gpu = torch.device(cfg.device).type == "cuda"
     except RuntimeError:
         raise SystemExit(f"--device={cfg.device!r} is not a device: use cpu, cuda or cuda:N")
-    bad = [m for m in cfg.modes.split(",") if m not in ("fp32", "bf16")]
+    bad = [m for m in cfg.modes.split(",") if m not in MODES]
     if bad:
         raise SystemExit(f"--modes: unknown mode {bad[0]!r} (use fp32 and/or bf16)")
     if on_gpu and not torch.cuda.is_available():
@@ -183,9 +186,8 @@ def main(argv=None):
           f"{cfg.tgt_len}), {3 * fpt / 1e6:.0f} MFLOP per target token per training step, "
           f"{torch.cuda.get_device_name(cfg.device) if on_gpu else f'{torch.get_num_threads()} CPU threads'}, "
           f"torch {torch.__version__}")
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    peak = {m: matmul_peak(dt, cfg.device, n=8192 if on_gpu else 2048, reps=10) for m, dt in dtypes.items()}
-    sheet = {m: datasheet_peak(cfg.device, dt) for m, dt in dtypes.items()}  # None off known GPUs
+    peak = {m: matmul_peak(dt, cfg.device, n=8192 if on_gpu else 2048, reps=10) for m, dt in MODES.items()}
+    sheet = {m: datasheet_peak(cfg.device, dt) for m, dt in MODES.items()}  # None off known GPUs
     print(f"matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s" +
           (f"; datasheet fp32 (TF32) {sheet['fp32'] / 1e12:.0f}, bf16 {sheet['bf16'] / 1e12:.0f} TFLOP/s"
            if sheet["bf16"] else ""))
