@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from model import T5, datasheet_peak, estimate_mfu, get_config, hf_names, keep_freed_memory, matmul_peak
+from model import T5, get_config, hf_names
+from train import datasheet_peak, estimate_mfu, keep_freed_memory, matmul_peak
 
 
 MODES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # --modes: precision name -> matmul dtype

@@ -31,12 +31,15 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from tqdm import tqdm
 
+import config
+from config import write_json
+
 from metrics import compute_metrics
 from model import T5, T5Config, get_config
-from pretrain import CHOICES, evaluate, load_checkpoint, parse_config, train
 from stats_init import apply_init_spec, init_from_stats, load_checkpoint as load_stats_source
 from tasks import collate
-from tokenizer import get_tokenizer, load_tokenizer, write_json_atomic
+from tokenizer import get_tokenizer, load_tokenizer
+from train import CHOICES, evaluate, load_checkpoint, train
 
 # Per-task settings of the released fine-tuning scripts (PAPER.md §1.1). `metric` names what
 # metrics.compute_metrics computes and `score` the number the paper's tables report.
@@ -136,10 +139,7 @@ def preset_values(preset: str, task: str) -> dict:
 
 def get_finetune_config(argv) -> FinetuneConfig:
     """Defaults, then --preset's values for --task, then the rest of the command line."""
-    probe = parse_config(argv, FinetuneConfig, presets=dict(cpu={}, paper={}))
-    presets = {p: preset_values(p, probe.task) for p in ("cpu", "paper")}
-    base = replace(FinetuneConfig(), preset=probe.preset, **presets[probe.preset])
-    cfg = parse_config(argv, FinetuneConfig, presets, base=base)
+    cfg = config.parse(FinetuneConfig, argv, lambda c: preset_values(c.preset, c.task), __doc__)
     for name, valid in CHOICES.items():
         if getattr(cfg, name) not in valid:
             raise ValueError(f"--{name}={getattr(cfg, name)!r} is not one of {', '.join(valid)}")
@@ -368,11 +368,11 @@ def main(argv):
                   best_step=best["step"], best_val_token_acc=best["val_token_acc"],
                   val_token_acc_curve=[[h["step"], h["val_token_acc"]] for h in history], history=history,
                   n_test=len(test_pairs), wall_s=time.time() - t0, config=asdict(cfg))
-    write_json_atomic(os.path.join(cfg.out_dir, "result.json"), result, indent=1)  # last: "finished"
+    write_json(os.path.join(cfg.out_dir, "result.json"), result)  # last: "finished"
     print(f"\n{cfg.task} ({cfg.init}): test {spec['score']} {result['score']:.2f} at step {best['step']} "
           f"(best validation token accuracy {100 * best['val_token_acc']:.1f}%), {result['wall_s'] / 60:.1f} min")
     return result
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    config.main(main)

@@ -14,17 +14,16 @@ Hugging Face checkpoint I/O with our own safetensors reader/writer, and paramete
 
 Tests: python -m pytest -q tests/test_model.py      Speed: python bench.py (see its docstring).
 """
-import ctypes
 import json
 import math
 import os
-import tempfile
-import time
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from config import atomic_write
 
 NEG_INF = -1e9  # additive mask value: finite, so a fully masked row gives a uniform softmax, never NaN
 
@@ -514,7 +513,7 @@ class T5(nn.Module):
                   dense_act_fn="gelu_new" if c.feed_forward_proj == "gated-gelu" else "relu",
                   is_gated_act=c.feed_forward_proj == "gated-gelu", initializer_factor=1.0, use_cache=True,
                   torch_dtype=str(self.shared.weight.dtype).removeprefix("torch."))
-        _atomic_write(os.path.join(path, "config.json"), json.dumps(hf, indent=2).encode())
+        atomic_write(os.path.join(path, "config.json"), json.dumps(hf, indent=2))
         names = hf_names(c)
         save_safetensors({names[k]: v for k, v in self.state_dict().items()}, os.path.join(path, "model.safetensors"),
                          metadata={"format": "pt"})  # transformers refuses files without format metadata
@@ -585,18 +584,6 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
 _DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 
-def _atomic_write(path, data):
-    # temp file next to the target + os.replace: readers never see a half-written file
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def save_safetensors(tensors: dict, path, metadata=None):
     header, offset = {}, 0
     if metadata:
@@ -618,7 +605,7 @@ def save_safetensors(tensors: dict, path, metadata=None):
             lo, hi = header[name]["data_offsets"]
             raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
             torch.frombuffer(buf, dtype=torch.uint8, count=hi - lo, offset=start + lo).copy_(raw)
-    _atomic_write(path, buf)
+    atomic_write(path, bytes(buf))
 
 
 def load_safetensors(path) -> dict:
@@ -697,55 +684,3 @@ def shift_right(labels, start_id=0, pad_id=0):
     out = torch.full_like(labels, start_id)
     out[..., 1:] = labels[..., :-1]
     return out.masked_fill(out == -100, pad_id)
-
-
-def keep_freed_memory():
-    """Make glibc keep freed memory instead of returning it to the OS.
-
-    PyTorch's CPU allocator is plain malloc: every activation above glibc's mmap threshold is a fresh mmap,
-    and the kernel zero-fills its pages on first touch. In this VM that costs up to ~10 us per 4 KiB page,
-    i.e. ~0.3 s for one [2048, 32128] float32 logits buffer, every step. With mmap off and trimming off,
-    the heap reaches its peak size in the first steps and is then reused (measured: ~200k page faults per
-    t5-v1_1-small step before, ~0 after; bf16 steps ~7x faster). Process-wide: call it once at start-up.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from glibc's malloc.h
-    return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, -1))
-
-
-def matmul_peak(dtype=torch.float32, device="cpu", n=1024, reps=5) -> float:
-    """Best FLOP/s of an n x n x n matmul over `reps` timings: the realistic ceiling MFU is measured against.
-    The best, not the mean, so one busy moment on a shared machine cannot inflate the MFU; torch.full, not
-    randn, so a caller's RNG stream stays untouched."""
-    a = torch.full((n, n), 0.5, dtype=dtype, device=device)
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    a @ a                                                  # warm-up
-    sync()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ a
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
-
-
-# Dense bf16 tensor-core peaks (FLOP/s) from the datasheets; float32 runs use TF32 at half of these.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
-
-
-def datasheet_peak(device, dtype=torch.bfloat16):
-    """The datasheet peak of a known GPU for bf16 (or float32 as TF32) matmuls; None for CPUs and other GPUs."""
-    if torch.device(device).type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    peak = next((p for key, p in PEAK_FLOPS.items() if key in name), None)
-    return peak / 2 if peak and dtype == torch.float32 else peak
-
-
-def estimate_mfu(tokens_per_s, flops_per_token, peak_flops, training=True) -> float:
-    """Model FLOPs utilisation: achieved matmul FLOP/s over the peak (training = 3x forward FLOPs)."""
-    return tokens_per_s * flops_per_token * (3 if training else 1) / peak_flops

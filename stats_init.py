@@ -59,6 +59,7 @@ from dataclasses import asdict
 import torch
 
 from model import T5, T5Config, get_config
+from train import load_checkpoint as load_training_checkpoint
 
 NEVER_TRANSFERRED = ("shared.weight", "lm_head.weight")  # embedding (and untied output), PAPER.md §4
 
@@ -208,9 +209,7 @@ def load_checkpoint(path: str) -> tuple[dict, T5Config]:
         return pretrained.state_dict(), pretrained.config
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} is neither a .pt file nor a Hugging Face directory")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise ValueError(f"{path!r} is not a pretrain.py checkpoint (needs keys 'model' and 'model_config')")
+    ckpt = load_training_checkpoint(path)
     return ckpt["model"], T5Config(**ckpt["model_config"])
 
 

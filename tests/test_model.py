@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import (T5, PRESETS, estimate_mfu, get_config, hf_names, init_weights, load_safetensors,  # noqa: E402
+from train import estimate_mfu  # noqa: E402
+from model import (T5, PRESETS, get_config, hf_names, init_weights, load_safetensors,  # noqa: E402
                    relative_position_bucket, save_safetensors, shift_right)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -434,7 +435,7 @@ def test_dropout_keeps_the_right_fraction_and_scale():
 
 
 def test_matmul_peak_is_a_rate_and_leaves_the_rng_alone():
-    from model import matmul_peak
+    from train import matmul_peak
     torch.manual_seed(0)
     expect = torch.rand(3)
     torch.manual_seed(0)
@@ -444,7 +445,7 @@ def test_matmul_peak_is_a_rate_and_leaves_the_rng_alone():
 
 
 def test_datasheet_peak_by_card_name(monkeypatch):
-    from model import datasheet_peak
+    from train import datasheet_peak
     assert datasheet_peak("cpu") is None and datasheet_peak("cpu", torch.float32) is None
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     assert datasheet_peak("cuda") == 989e12  # dense bf16

@@ -17,9 +17,15 @@ import pytest
 import torch
 
 import pretrain
-from pretrain import Adafactor, TaskData, TrainConfig, get_lr, load_checkpoint, main, parse_config
+import config
+from pretrain import TaskData, TrainConfig, main
+from train import Adafactor, get_lr, load_checkpoint
 from tasks import get_task
 from tokenizer import Vocab
+
+def parse_config(argv):
+    return config.parse(TrainConfig, argv, pretrain.PRESETS)
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a 1+1-layer, width-32 T5 on Set bodies of 10..16 tokens, float32: a step takes milliseconds
