@@ -13,7 +13,7 @@ import random
 import time
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -27,6 +27,37 @@ from config import UserError
 
 CHOICES = dict(optimizer=("adafactor", "adamw"), lr_schedule=("rsqrt", "constant"),
                dtype=("bfloat16", "float32", "float16"))
+
+@dataclass
+class TrainConfig:
+    """The settings the loop reads; pretrain.py and finetune.py subclass it with their own."""
+    out_dir: str = "out"           # ckpt_last.pt, ckpt_best.pt and log.jsonl go here
+    seed: int = 0                  # model init, dropout and the data order
+    src_len: int = 64              # inputs longer than this are cut
+    tgt_len: int = 64              # targets too
+    # -- optimisation
+    optimizer: str = "adafactor"   # "adafactor" (T5's) or "adamw"
+    lr: float = 0.01               # peak learning rate (Adafactor: relative step size)
+    lr_schedule: str = "rsqrt"     # "rsqrt": lr * sqrt(warmup / max(step, warmup)), T5's; or "constant"
+    warmup_steps: int = 1000       # rsqrt: steps at the flat peak before the decay
+    weight_decay: float = 0.0      # AdamW only
+    max_steps: int = 3000          # optimizer steps
+    batch_size: int = 32           # examples per optimizer step, over all processes and micro-steps
+    micro_batch_size: int = 0      # examples per forward (0 = batch_size); the rest is gradient accumulation
+    grad_clip: float = 0.0         # global grad-norm clip, 0 = off (Adafactor clips its updates)
+    z_loss: float = 0.0            # T5X's z-loss coefficient
+    # -- evaluation, logging, checkpoints
+    eval_interval: int = 500       # steps between held-out evaluations
+    eval_batches: int = 4          # held-out batches of batch_size examples per evaluation
+    eval_at_start: bool = True     # also evaluate at step 0
+    log_interval: int = 100        # steps between log lines
+    ckpt_interval: int = 500       # steps between ckpt_last.pt writes
+    # -- system
+    device: str = "auto"           # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    dtype: str = "bfloat16"        # autocast dtype: bfloat16, float32, or float16 (CUDA only, GradScaler)
+    compile: bool = False          # torch.compile the training forward (eval and checkpoints use the plain one)
+    threads: int = 1               # CPU threads (torch.set_num_threads), 0 = torch's default
+
 
 def check_train_config(cfg, world: int = 1):
     """User-facing checks of the fields train() reads; each error names the valid choices."""
