@@ -17,6 +17,9 @@ import sys
 import tempfile
 from dataclasses import fields, replace
 
+# where every script looks for data unless told (--data_dir): the DATA_DIR variable, else ./data
+DATA_DIR = os.environ.get("DATA_DIR", "data")
+
 
 class UserError(ValueError):
     """Bad input (a setting, a file, a line of data): shown as one line, no traceback."""

@@ -36,7 +36,7 @@ from config import write_json
 
 from metrics import compute_metrics
 from model import T5, T5Config, get_config
-from stats_init import apply_init_spec, init_from_stats, load_checkpoint as load_stats_source
+from stats_init import apply_init_spec, init_from_stats, load_source as load_stats_source
 from tasks import collate
 from tokenizer import get_tokenizer, load_tokenizer
 from train import CHOICES, evaluate, load_checkpoint, train

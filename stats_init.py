@@ -202,7 +202,7 @@ def preattn_ln_init(model: T5, c: float) -> T5:
     return model
 
 
-def load_checkpoint(path: str) -> tuple[dict, T5Config]:
+def load_source(path: str) -> tuple[dict, T5Config]:
     """(state dict, model config) of a pretrain.py .pt checkpoint or of a Hugging Face T5 directory."""
     if os.path.isdir(path):
         pretrained = T5.from_pretrained(path)
@@ -220,7 +220,7 @@ def apply_init_spec(model: T5, spec: str, seed: int = 0) -> T5:
         scheme, sep, path = rest.partition(":")  # the path may itself contain ':'
         if not sep or not path:
             raise ValueError(f"init spec {spec!r}: expected 'stats:<scheme>:<checkpoint path>'")
-        return init_from_stats(model, load_checkpoint(path)[0], scheme, seed)
+        return init_from_stats(model, load_source(path)[0], scheme, seed)
     if kind == "preattn_ln":
         try:
             c = float(rest)
@@ -245,7 +245,7 @@ def main(argv: list[str]) -> None:
         scheme = resolve_scheme(scheme)  # fails early, listing the schemes
         if ckpt is None:
             raise SystemExit(f"--scheme={scheme} needs --ckpt=<pretrain.py .pt or Hugging Face directory>")
-    state_dict, config = load_checkpoint(ckpt) if ckpt else (None, get_config(args["preset"]))
+    state_dict, config = load_source(ckpt) if ckpt else (None, get_config(args["preset"]))
 
     torch.manual_seed(args["seed"])  # the fresh default init of everything left ungrouped
     model = T5(config)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from model import T5, get_config
-from stats_init import (SCHEMES, apply_init_spec, group_stats, init_from_stats, load_checkpoint, main,
+from stats_init import (SCHEMES, apply_init_spec, group_stats, init_from_stats, load_source, main,
                         preattn_ln_init, scheme_groups)
 
 TINY = dict(vocab_size=256, d_model=64, d_kv=16, d_ff=128, num_heads=4)
@@ -217,7 +217,7 @@ def test_init_spec_checkpoint_formats_and_cli(tmp_path, capsys):
     src = fresh(RELU)
     src.load_state_dict(sd)
     src.save_pretrained(tmp_path / "hf")
-    hf_sd, hf_cfg = load_checkpoint(str(tmp_path / "hf"))
+    hf_sd, hf_cfg = load_source(str(tmp_path / "hf"))
     assert torch.equal(hf_sd["decoder.block.2.mlp.wo.weight"], sd["decoder.block.2.mlp.wo.weight"])
 
     out = tmp_path / "init.pt"
