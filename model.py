@@ -383,8 +383,8 @@ class T5(nn.Module):
     @classmethod
     def from_pretrained(cls, path) -> "T5":
         """Load a Hugging Face T5 folder: config.json, model.safetensors or pytorch_model.bin."""
-        with open(os.path.join(path, "config.json")) as f:
-            hf = json.load(f)
+        with open(os.path.join(path, "config.json")) as fh:
+            hf = json.load(fh)
         names = [f.name for f in fields(T5Config)]
         cfg = T5Config(**{k: hf[k] for k in names if hf.get(k) is not None})
         if hf.get("num_decoder_layers") is None:  # old configs: as many as encoder layers
