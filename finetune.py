@@ -193,7 +193,7 @@ def load_data(cfg: FinetuneConfig, tok, tok_path: str) -> dict:
             data[split] = rows, list(zip(seqs[0::2], seqs[1::2]))
             continue
         if old:
-            print(f"{cache} was made from another data file, tokenizer or case: rebuilding it")
+            print(f"{cache} is stale (made from {(old.get('key') or {}).get('path')}): rebuilding")
         pairs = [tuple(tok.encode(norm(r[k])) + [tok.eos_id] for k in PAIR)
                  for r in tqdm(rows, desc="tokenize", leave=False, mininterval=2)]
         seqs = [s for pair in pairs for s in pair]
@@ -305,8 +305,7 @@ def main(argv):
             else r["target"] for r in test_rows]
     cut = sum(len(s) > cfg.src_len or len(t) > cfg.tgt_len for s, t in train_pairs)
     print(f"{cfg.task}: {len(train_pairs)} train ({cut} cut to {cfg.src_len}/{cfg.tgt_len}), "
-          f"{len(val_pairs)} validation, {len(test_pairs)} test examples; tokenizer {tok_path} "
-          f"({tok.size} ids)")
+          f"{len(val_pairs)} validation, {len(test_pairs)} test; {tok_path}: {tok.size} ids")
     model, history = build_model(cfg, tok), []             # history: one entry per evaluation
     print(f"init {cfg.init}: {model.num_params() / 1e6:.2f}M parameters")
 

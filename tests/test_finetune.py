@@ -13,21 +13,26 @@ from config import UserError
 from finetune import EpochData, get_finetune_config, load_data, load_split, select_best
 from tokenizer import train_bpe
 
+TINY = model_lib.T5Config(vocab_size=512, d_model=32, d_kv=8, d_ff=64, num_layers=1,
+                          num_decoder_layers=1, num_heads=2)
+
 
 def write(path, lines):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    with open(path, "wb") as f:                            # bytes as given: bad UTF-8 on purpose
+        f.write(b"\n".join(x if isinstance(x, bytes) else x.encode() for x in lines) + b"\n")
 
 
 def write_task(folder, rows_by_split):
     for split, rows in rows_by_split.items():
-        write(folder / "mtop" / f"{split}.jsonl", [json.dumps(dict(source=s, target=t)) for s, t in rows])
+        write(folder / "mtop" / f"{split}.jsonl",
+              [json.dumps(dict(source=s, target=t)) for s, t in rows])
 
 
 def test_jsonl_layout_with_squad_answers(tmp_path):
     write(tmp_path / "squad" / "test.jsonl", [
-        json.dumps(dict(source="question: q context: c", target="Paris", answers=["Paris", "the city of Paris"])),
+        json.dumps(dict(source="question: q context: c", target="Paris",
+                        answers=["Paris", "the city of Paris"])),
         "",                                                # a blank line is skipped, not an example
         json.dumps(dict(source="s2", target="t2")),
     ])
@@ -39,23 +44,24 @@ def test_jsonl_layout_with_squad_answers(tmp_path):
 def test_original_tsv_layout_uses_valid_txt(tmp_path):
     write(tmp_path / "mtop" / "valid.txt", ["what time is it\t[IN:GET_TIME ]", "hi\tthere"])
     rows = load_split(str(tmp_path), "mtop", "validation")
-    assert [(r["source"], r["target"]) for r in rows] == [("what time is it", "[IN:GET_TIME ]"), ("hi", "there")]
+    assert [(r["source"], r["target"]) for r in rows] == [("what time is it", "[IN:GET_TIME ]"),
+                                                          ("hi", "there")]
+
+
+OK = '{"source": "a", "target": "b"}'
 
 
 @pytest.mark.parametrize("name,lines,message", [
-    ("train.jsonl", ['{"source": "a", "target": "b"}', '{"source": "a", "target": '], r"train.jsonl:2: not valid JSON"),
-    ("train.jsonl", ['{"source": "a", "target": 3}'], r"train.jsonl:1: expected an object with string"),
-    ("train.jsonl", ['{"source": "a", "target": "b", "answers": [1]}'], r"train.jsonl:1: 'answers' must be"),
+    ("train.jsonl", [OK, '{"source": "a", "target": '], r"train.jsonl:2: not valid JSON"),
+    ("train.jsonl", ['{"source": "a", "target": 3}'], r"train.jsonl:1: expected an object with"),
+    ("train.jsonl", ['{"source": "a", "target": "b", "answers": [1]}'], r"jsonl:1: 'answers' must"),
     ("train.txt", ["a\tb", "a\tb\tc"], r"train.txt:2: expected 'input<TAB>target', found 3"),
     ("train.txt", ["no tab here"], r"train.txt:1: expected 'input<TAB>target', found 1"),
-    ("train.jsonl", ['{"source": "a", "target": "b"}', b'{"source": "caf\xe9", "target": "b"}'],
-     r"train.jsonl:2: not UTF-8 \(byte 16 of the line\)"),
+    ("train.jsonl", [OK, b'{"source": "caf\xe9", "target": "b"}'], r"l:2: not UTF-8 \(byte 16 "),
     ("train.txt", ["a\tb", b"x\t\xff"], r"train.txt:2: not UTF-8"),
 ])
 def test_bad_lines_name_file_and_line(tmp_path, name, lines, message):
-    os.makedirs(tmp_path / "t")
-    with open(tmp_path / "t" / name, "wb") as f:
-        f.write(b"\n".join(x if isinstance(x, bytes) else x.encode() for x in lines) + b"\n")
+    write(tmp_path / "t" / name, lines)
     with pytest.raises(UserError, match=message):
         load_split(str(tmp_path), "t", "train")
 
@@ -76,21 +82,28 @@ def test_best_step_is_max_val_token_acc_earliest_on_tie():
 
 def test_presets_and_overrides():
     cfg = get_finetune_config(["--task=retrosynthesis"])
-    assert cfg.preset == "cpu" and cfg.lr == 0.01 and cfg.src_len == finetune.TASKS["retrosynthesis"]["cpu"]["src_len"]
+    assert cfg.preset == "cpu" and cfg.lr == 0.01
+    assert cfg.src_len == finetune.TASKS["retrosynthesis"]["cpu"]["src_len"]
     paper = get_finetune_config(["--task=webqsp", "--preset=paper", "--lr=0.01"])
-    assert (paper.src_len, paper.tgt_len, paper.batch_size, paper.max_steps, paper.lr) == (2048, 256, 32, 50_000, 0.01)
-    assert (paper.model, paper.eval_batches, paper.n_test, paper.micro_batch_size) == ("t5-small", 128, 5000, 32)
-    assert paper.ckpt_interval == paper.eval_interval == 5000 and paper.bucket == 0 and not paper.lowercase
+    assert (paper.src_len, paper.tgt_len, paper.batch_size, paper.max_steps, paper.lr) == \
+        (2048, 256, 32, 50_000, 0.01)
+    assert (paper.model, paper.eval_batches, paper.n_test, paper.micro_batch_size) == \
+        ("t5-small", 128, 5000, 32)
+    assert paper.ckpt_interval == paper.eval_interval == 5000 and paper.bucket == 0
+    assert not paper.lowercase
     assert get_finetune_config(["--task=retrosynthesis", "--preset=paper"]).lr == 3e-3
-    # the CPU preset's retrosynthesis run: 1500 steps, evaluated once; the other tasks keep the preset's
-    # 800 steps and two evaluations; every CPU task is bucketed and runs the tiny T5
+    # the CPU preset's retrosynthesis run: 1500 steps, evaluated once; the other tasks keep the
+    # preset's 800 steps and two evaluations; every CPU task is bucketed and runs the tiny T5
     assert (cfg.max_steps, cfg.eval_interval, cfg.bucket, cfg.model) == (1500, 1500, 50, "tiny")
     mtop = get_finetune_config(["--task=mtop"])
     assert (mtop.max_steps, mtop.eval_interval, mtop.bucket, mtop.n_test) == (800, 400, 50, 300)
-    assert (mtop.lr_schedule, mtop.z_loss, mtop.dropout, mtop.eval_at_start) == ("constant", 1e-4, 0.1, False)
-    assert get_finetune_config(["--task=retrosynthesis", "--max_steps=300"]).max_steps == 300  # flags still win
+    assert (mtop.lr_schedule, mtop.z_loss, mtop.dropout, mtop.eval_at_start) == \
+        ("constant", 1e-4, 0.1, False)
+    retro = get_finetune_config(["--task=retrosynthesis", "--max_steps=300"])
+    assert retro.max_steps == 300                          # flags still win
     cnndm = get_finetune_config(["--preset=paper", "--task=cnndm_10k"])
-    assert cnndm.lowercase and cnndm.n_test == 20_000 and get_finetune_config(["--task=cnndm_10k"]).lowercase
+    assert cnndm.lowercase and cnndm.n_test == 20_000
+    assert get_finetune_config(["--task=cnndm_10k"]).lowercase
     with pytest.raises(UserError, match="--task='imdb' is not one of cnndm_10k, mtop"):
         get_finetune_config(["--task=imdb"])
     with pytest.raises(UserError, match="--preset='gpu' is not one of cpu, paper"):
@@ -118,12 +131,13 @@ def test_help_prints_the_values_that_run_for_the_task(capsys):
 
 
 @pytest.mark.parametrize("arg,message", [
-    ("--num_beams=0", "--num_beams=0 must be >= 1"), ("--max_decode=0", "--max_decode=0 must be >= 1"),
+    ("--num_beams=0", "--num_beams=0 must be >= 1"), ("--max_decode=0", "--max_decode=0 must be"),
     ("--n_test=-1", "--n_test=-1 must be >= 0"), ("--max_train=-1", "--max_train=-1 must be >= 0"),
-    ("--bucket=-1", "--bucket=-1 must be >= 0"), ("--tokenizer_size=100", "--tokenizer_size=100 must be >= 359"),
-    ("--model=huge", "--model='huge' is not one of"), ("--dtype=int8", "--dtype='int8' is not one of"),
+    ("--bucket=-1", "--bucket=-1 must be >= 0"), ("--tokenizer_size=100", "must be >= 359"),
+    ("--model=huge", "--model='huge' is not one of"), ("--dtype=int8", "--dtype='int8' is not one"),
     ("--init=preattn_ln:abc", "expected preattn_ln:<c>, a number c > 0"),
-    ("--init=preattn_ln:0", "expected preattn_ln:<c>"), ("--init=stats:per_param_scale", "stats:<scheme>:<checkpoint>"),
+    ("--init=preattn_ln:0", "expected preattn_ln:<c>"),
+    ("--init=stats:per_param_scale", "expected stats:<scheme>:<checkpoint>"),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, arg, message):
     with pytest.raises(ValueError, match=message):          # UserError, or train.py's check
@@ -139,64 +153,67 @@ def test_missing_init_and_tokenizer_files_fail_before_any_work(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         get_finetune_config([f"--init=stats:per_param_scale:{tmp_path / 'nope.pt'}"])
     path = tmp_path / "nope.json"
-    with pytest.raises(FileNotFoundError, match=r"--tokenizer=.*nope.json does not exist; make one with"):
-        finetune.main([f"--tokenizer={path}", f"--data_dir={tmp_path}", f"--out_dir={tmp_path / 'out'}"])
+    with pytest.raises(FileNotFoundError, match=r"--tokenizer=.*nope.json does not exist; make"):
+        finetune.main([f"--tokenizer={path}", f"--data_dir={tmp_path}",
+                       f"--out_dir={tmp_path / 'out'}"])
     assert not path.exists() and not (tmp_path / "out").exists()
 
 
 def test_tokenized_cache_is_keyed_on_the_data_file(tmp_path, capsys):
     tok = train_bpe(["hello world, hello there"] * 5, size=400, progress=False)
     tok.save(str(tmp_path / "tok.json"))
-    splits = lambda word: {s: [(f"{word} {i}", "world" * (i % 3 + 1)) for i in range(7)]  # noqa: E731
-                           for s in ("train", "validation", "test")}
-    write_task(tmp_path / "a", splits("hello"))
-    write_task(tmp_path / "b", splits("there"))
+    ids = lambda text: tok.encode(text) + [tok.eos_id]     # noqa: E731
+    for folder, word in (("a", "hello"), ("b", "there")):
+        write_task(tmp_path / folder, {s: [(f"{word} {i}", "world" * (i % 3 + 1)) for i in range(7)]
+                                       for s in ("train", "validation", "test")})
 
     def load(folder, *extra):
-        cfg = get_finetune_config([f"--data_dir={tmp_path / folder}", f"--cache_dir={tmp_path / 'cache'}", *extra])
+        cfg = get_finetune_config([f"--data_dir={tmp_path / folder}",
+                                   f"--cache_dir={tmp_path / 'c'}", *extra])
         out = load_data(cfg, tok, str(tmp_path / "tok.json"))
         return {k: v[1] for k, v in out.items()}, capsys.readouterr().out
 
     a, _ = load("a")
     assert all(s[-1] == tok.eos_id and t[-1] == tok.eos_id for s, t in a["train"])
-    assert a["train"][0][0] == tok.encode("hello 0") + [tok.eos_id]
+    assert a["train"][0] == (ids("hello 0"), ids("world"))
     again, said = load("a")
-    assert again == a and "rebuilding" not in said         # read back from the cache
-    b, said = load("b")                                    # same task, another --data_dir
-    assert b["train"][0][0] == tok.encode("there 0") + [tok.eos_id] and "rebuilding" in said
-    write_task(tmp_path / "b", splits("world"))            # the same file, rewritten
-    (tmp_path / "b" / "mtop" / "test.jsonl").touch()
-    rewritten, said = load("b")
-    assert rewritten["train"][0][0] == tok.encode("world 0") + [tok.eos_id] and "rebuilding" in said
-    lower, _ = load("b", "--lowercase=True")                # the case is part of the key too
-    assert lower == rewritten                              # (nothing to lowercase here)
+    assert again == a and "stale" not in said              # read back from the cache
+    b, said = load("b")                                    # the same task from another --data_dir
+    assert b["train"][0][0] == ids("there 0") and "stale" in said
+    assert os.path.realpath(tmp_path / "a") in said       # the old path is named
+    write(tmp_path / "b" / "mtop" / "train.jsonl", [json.dumps(dict(source="sun", target="moon"))])
+    rewritten, said = load("b")                            # the same file, rewritten
+    assert rewritten["train"] == [(ids("sun"), ids("moon"))] and "stale" in said
+    assert load("b", "--lowercase=True")[0] == rewritten   # (nothing to lowercase here)
 
 
 def test_epoch_order_and_exact_resume():
     pairs = [([5] * (i + 1) + [1], [6, 1]) for i in range(7)]
     a, b = EpochData(pairs, 3, 16, 16), EpochData(pairs, 3, 16, 16)
-    first = [a.next_batch(3)["input_ids"] for _ in range(5)]   # 15 examples: crosses two epoch boundaries
+    first = [a.next_batch(3)["input_ids"] for _ in range(5)]  # 15 examples: two epoch boundaries
     b.load_state_dict(dict(position=6))
     assert torch.equal(b.next_batch(3)["input_ids"], first[2])  # resume continues the same order
     assert a.state_dict() == dict(position=15)
     c = EpochData(pairs, 3, 16, 16)
     c.next_batch(1)
     epoch0, epoch1 = [c._index(i) for i in range(7)], [c._index(i) for i in range(7, 14)]
-    assert sorted(epoch0) == sorted(epoch1) == list(range(7)) and epoch0 != epoch1   # each epoch a new permutation
+    assert sorted(epoch0) == sorted(epoch1) == list(range(7)) and epoch0 != epoch1  # reshuffled
 
 
 def test_bucketed_batches_cut_padding_and_cover_each_epoch_once():
     rng = random.Random(0)
-    lens = [rng.randint(1, 56) for _ in range(103)]  # targets about as long as their sources, as in real data
+    lens = [rng.randint(1, 56) for _ in range(103)]  # targets about as long as sources, as in data
     pairs = [([5] * n + [1], [6] * (n + rng.randint(0, 6)) + [1]) for n in lens]
-    padded = lambda d: sum(b["input_ids"].numel() + b["labels"].numel() for b in (d.next_batch(8) for _ in range(12)))
-    assert padded(EpochData(pairs, 0, 64, 64, bucket=4)) < 0.75 * padded(EpochData(pairs, 0, 64, 64))
+    padded = lambda d: sum(b["input_ids"].numel() + b["labels"].numel()  # noqa: E731
+                           for b in (d.next_batch(8) for _ in range(12)))
+    plain, bucketed = EpochData(pairs, 0, 64, 64), EpochData(pairs, 0, 64, 64, bucket=4)
+    assert padded(bucketed) < 0.75 * padded(plain)
     d = EpochData(pairs, 0, 64, 64, bucket=4)
-    d.next_batch(8)  # 103 examples -> 12 batches of 8 per epoch; the 7 left over differ between epochs
+    d.next_batch(8)  # 103 examples -> 12 batches of 8 per epoch; the 7 left over differ per epoch
     epochs = [[d._index(i) for i in range(e * 96, (e + 1) * 96)] for e in range(2)]
     assert all(len(set(e)) == 96 for e in epochs) and set(epochs[0]) != set(epochs[1])
     a, b = EpochData(pairs, 0, 64, 64, bucket=4), EpochData(pairs, 0, 64, 64, bucket=4)
-    first = [a.next_batch(8)["input_ids"] for _ in range(15)]  # crosses the epoch boundary at batch 12
+    first = [a.next_batch(8)["input_ids"] for _ in range(15)]  # crosses the epoch boundary at 12
     b.load_state_dict(dict(position=13 * 8))
     assert torch.equal(b.next_batch(8)["input_ids"], first[13])  # resume continues the same order
     with pytest.raises(ValueError, match="batches of 8"):
@@ -205,58 +222,53 @@ def test_bucketed_batches_cut_padding_and_cover_each_epoch_once():
         EpochData(pairs[:3], 0, 64, 64, bucket=4).next_batch(8)
 
 
-TINY = model_lib.T5Config(vocab_size=512, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1,
-                          num_heads=2)
-
-
 def test_every_init_kind_and_the_vocabulary_check(tmp_path, monkeypatch):
     tok = train_bpe(["abc def"] * 3, size=400, progress=False)   # 512 embedding rows
     monkeypatch.setitem(model_lib.PRESETS, "tiny", TINY)
-    source = model_lib.T5(TINY)
-    path = str(tmp_path / "ck.pt")
+    source, path = model_lib.T5(TINY), str(tmp_path / "ck.pt")
     torch.save(dict(model=source.state_dict(), model_config=TINY.__dict__, step=0, config={}), path)
-    build = lambda init: finetune.build_model(get_finetune_config([f"--init={init}"]), tok)  # noqa: E731
+    build = lambda init: finetune.build_model(get_finetune_config([f"--init={init}"]), tok)  # noqa
     loaded = build(path)
-    assert all(torch.equal(p, q) for p, q in zip(loaded.state_dict().values(), source.state_dict().values()))
-    assert loaded.config.dropout_rate == 0.1                # the fine-tuning dropout, not the checkpoint's
-    drawn = build(f"stats:per_param_scale:{path}")          # a fresh draw of the source's shape
+    assert all(torch.equal(p, q) for p, q in zip(loaded.state_dict().values(),
+                                                 source.state_dict().values()))
+    assert loaded.config.dropout_rate == 0.1               # fine-tuning's, not the checkpoint's
+    drawn = build(f"stats:per_param_scale:{path}")         # a fresh draw of the source's shape
     assert drawn.config.d_model == 32 and not torch.equal(drawn.shared.weight, source.shared.weight)
-    ln = build("preattn_ln:0.4")
-    norms = [p for n, p in ln.named_parameters() if n.endswith("attn_norm.weight")]
+    norms = [p for n, p in build("preattn_ln:0.4").named_parameters()
+             if n.endswith("attn_norm.weight")]
     assert norms and all(torch.all(p == 0.4) for p in norms)
     assert build("scratch").config.vocab_size == 512
     wide = model_lib.T5Config(**{**TINY.__dict__, "vocab_size": 1024})
-    torch.save(dict(model=model_lib.T5(wide).state_dict(), model_config=wide.__dict__, step=0, config={}), path)
+    torch.save(dict(model=model_lib.T5(wide).state_dict(), model_config=wide.__dict__, step=0,
+                    config={}), path)
     with pytest.raises(UserError, match="1024 embedding rows but the tokenizer needs 512"):
         build(path)
 
 
 def test_tiny_finetuning_run_learns(tmp_path, monkeypatch):
-    """A 'reverse three words' task: exact match on the test split must rise from 0 during training."""
+    """A 'reverse three words' task: exact match on the test split must rise from 0 in training."""
     rng = random.Random(0)
     words = "red blue green cat dog sun moon tree".split()
-    def rows(n):
-        out = []
-        for _ in range(n):
-            w = rng.sample(words, 3)
-            out.append((" ".join(w), " ".join(reversed(w))))
-        return out
+    rows = lambda n: [(" ".join(w), " ".join(reversed(w)))  # noqa: E731
+                      for w in (rng.sample(words, 3) for _ in range(n))]
     data = tmp_path / "data"
     write_task(data, dict(train=rows(400), validation=rows(64), test=rows(48)))
-    tiny = model_lib.T5Config(vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
-                              num_heads=4)
-    monkeypatch.setitem(model_lib.PRESETS, "tiny", tiny)
+    monkeypatch.setitem(model_lib.PRESETS, "tiny", model_lib.T5Config(
+        vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+        num_heads=4))
     tok = train_bpe([" ".join(words)] * 20, size=400, progress=False)
     tok.save(str(tmp_path / "tok.json"))
     torch.manual_seed(0)
-    result = finetune.main([f"--data_dir={data}", "--task=mtop", f"--tokenizer={tmp_path / 'tok.json'}",
-                            f"--cache_dir={tmp_path / 'cache'}", f"--out_dir={tmp_path / 'out'}", "--max_steps=150",
-                            "--eval_interval=75", "--batch_size=32", "--lr=0.01",
-                            "--src_len=16", "--tgt_len=16", "--max_decode=8", "--num_beams=2", "--dropout=0.0",
-                            "--dtype=float32", "--device=cpu", "--threads=1", "--eval_batches=2", "--n_test=0", "--eval_at_start=True"])
+    result = finetune.main([
+        f"--data_dir={data}", "--task=mtop", f"--tokenizer={tmp_path / 'tok.json'}",
+        f"--cache_dir={tmp_path / 'cache'}", f"--out_dir={tmp_path / 'out'}", "--max_steps=150",
+        "--eval_interval=75", "--batch_size=32", "--lr=0.01", "--src_len=16", "--tgt_len=16",
+        "--max_decode=8", "--num_beams=2", "--dropout=0.0", "--dtype=float32", "--device=cpu",
+        "--threads=1", "--eval_batches=2", "--n_test=0", "--eval_at_start=True"])
     curve = [h["em"] for h in result["history"]]
     assert curve[0] == 0.0 and curve[-1] > 50.0, curve
     on_disk = json.load(open(tmp_path / "out" / "result.json"))
-    assert on_disk["score"] == result["score"] and on_disk["best_step"] == select_best(result["history"])["step"]
+    assert on_disk["score"] == result["score"]
+    assert on_disk["best_step"] == select_best(result["history"])["step"]
     assert on_disk["config"]["micro_batch_size"] == 32 and on_disk["config"]["bucket"] == 50
     assert os.path.exists(tmp_path / "out" / "ckpt_best.pt")
