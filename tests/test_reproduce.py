@@ -5,6 +5,7 @@ Run: python -m pytest -q tests/test_reproduce.py
 import json
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -41,8 +42,13 @@ class FakeRunner:
 
 
 def grid(tmp_path, *flags):
-    args = R.parse_args(["--scale=cpu", f"--out={tmp_path / 'out'}", "--data_dir=D", *flags])
-    return R.build_cells(R.SCALES["cpu"], args)
+    return R.build_cells(R.get_config(["--scale=cpu", f"--out={tmp_path / 'out'}", "--data_dir=D", *flags]))
+
+
+def data_dir(tmp_path, *names):  # a data folder holding the given task folders
+    for n in names:
+        (tmp_path / "data" / n).mkdir(parents=True)
+    return str(tmp_path / "data")
 
 
 def test_rerun_skips_finished_cells(tmp_path):
@@ -106,10 +112,17 @@ def test_dependency_order(tmp_path):
     assert len(stats) == 3 * 4 * 2 * 2  # sources x schemes x tasks x seeds
     assert {c.meta["source"] for c in stats} == {"set", "lime", "identity"}
     assert sum(c.kind == "pretrain" for c in cells) == 7  # natural + 5 Table 1 sources + sort, no duplicates
-    pt = {c.id: c.cmd for c in cells if c.kind == "pretrain"}  # LIME's per-source length override
-    assert "--max_len=128" in pt["pt-lime"] and "--max_len=24" in pt["pt-set"] and "--max_len=128" not in pt["pt-set"]
-    tok = f"--tokenizer={R.TOKENIZER_CPU['path']}"  # one tokenizer for every cell, so checkpoints load whole
+    tok = f"--tokenizer={R.SCALES['cpu']['tokenizer']['path']}"  # one for every cell: checkpoints fit
     assert all(c.cmd.count(tok) == 1 and sum(a.startswith("--tokenizer=") for a in c.cmd) == 1 for c in cells)
+    # a cell passes the recipe by name, its identity and the grid's budgets, nothing else
+    out = tmp_path / "out" / "runs"
+    pt = next(c for c in cells if c.id == "pt-lime")
+    assert pt.cmd == ["python", "pretrain.py", "--task=lime", f"--out_dir={out / 'pt-lime'}", "--seed=0",
+                      "--preset=cpu", "--data_dir=D", tok, "--max_steps=2000"]
+    ft = next(c for c in cells if c.id == "ft-lime-retrosynthesis-s1")
+    assert ft.cmd == ["python", "finetune.py", "--task=retrosynthesis", f"--init={out / 'pt-lime' / 'ckpt_best.pt'}",
+                      f"--out_dir={out / ft.id}", "--seed=1", "--preset=cpu", "--data_dir=D", tok,
+                      "--max_steps=400", "--eval_interval=200", "--n_test=200"]
     with pytest.raises(ValueError, match="comes after"):
         R.run_cells(list(reversed(cells)), FakeRunner())
 
@@ -156,19 +169,60 @@ def test_eta_is_shared_by_parallel_jobs():
     assert R._eta(cells, {"finetune:mtop": [60.0]}, jobs=2) == "0:02:00"
 
 
-def test_bad_settings_raise_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown downstream"):
-        grid(tmp_path, "--tasks=mtop,imagenet")
-    with pytest.raises(ValueError, match="--tables"):
-        grid(tmp_path, "--tables=4")
-    with pytest.raises(ValueError, match="--jobs must be >= 1, got 0"):  # not silently the scale's default
-        R.main(["--scale=cpu", "--tasks=mtop", f"--out={tmp_path / 'j'}", "--data_dir=D", "--jobs=0"])
-    args = R.parse_args(["--scale=paper", "--tasks=mtop,cnndm_10k", "--t5_dir=T5"])
-    with pytest.raises(ValueError, match="--t5_v11_dir"):
-        R.build_cells(R.SCALES["paper"], args)
-    args = R.parse_args(["--scale=paper", "--tasks=mtop,cnndm_10k", "--t5_dir=T5", "--t5_v11_dir=V11", "--tables=3"])
-    inits = {c.meta["task"]: c.cmd for c in R.build_cells(R.SCALES["paper"], args) if c.meta["method"] == "natural"}
+@pytest.mark.parametrize("flag, match", [
+    ("--tasks=mtop,imagenet", "--tasks='mtop,imagenet': expected a comma list of mtop, webqsp"),
+    ("--tables=4", "--tables='4': expected a comma list of 1, 2, 3"),
+    ("--ln_values=abc", "--ln_values='abc': expected a comma list of numbers"),
+    ("--extra_tasks=sortt", "--extra_tasks='sortt'"),
+    ("--seeds=0", "--seeds=0 must be >= 1"),
+    ("--jobs=0", "--jobs=0 must be >= 1"),  # not silently the scale's default
+    ("--scale=gpu", "--scale='gpu' is not one of cpu, paper"),
+    ("--jobs=two", "--jobs=two: expected int"),
+])
+def test_bad_settings_are_user_errors_naming_the_key(tmp_path, flag, match):
+    with pytest.raises(R.config.UserError, match=re.escape(match)):
+        R.main(["--scale=cpu", f"--out={tmp_path}", flag])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_defaults_come_from_the_scale_and_help_works(capsys):
+    cpu, paper = R.get_config([]), R.get_config(["--scale=paper", "--seeds=3"])
+    assert (cpu.tasks, cpu.seeds, cpu.jobs, cpu.ln_values, cpu.out) == ("mtop", 2, 2, "0.1,0.4,0.8", "results/cpu")
+    assert paper.tasks == ",".join(R.DOWNSTREAM) and paper.seeds == 3 and paper.jobs == 1
+    with pytest.raises(SystemExit):
+        R.get_config(["--scale=paper", "-h"])
+    assert "--tasks='mtop,webqsp,squad" in capsys.readouterr().out  # -h shows the values that would run
+
+
+def test_paper_scale_checks_its_inputs_before_the_first_cell(tmp_path, monkeypatch):
+    runner = FakeRunner()
+    monkeypatch.setattr(R, "subprocess_runner", runner)
+    t5 = tmp_path / "t5"
+    t5.mkdir()
+    (t5 / "config.json").write_text("{}")
+    base = ["--scale=paper", "--tasks=mtop,cnndm_10k", "--tables=3", "--ln_values=0.4", f"--out={tmp_path / 'o'}",
+            f"--data_dir={data_dir(tmp_path, 'mtop')}"]
+    with pytest.raises(R.config.UserError, match=r"--t5_dir=DIR.*--t5_v11_dir=DIR") as e:
+        R.main(base)
+    assert "cnndm_10k" in str(e.value) and "mtop" not in str(e.value).split("needs")[1]  # data: cnndm_10k missing
+    with pytest.raises(R.config.UserError, match=r"tokenizer.json, .*model.safetensors or pytorch_model.bin"):
+        R.main(base + [f"--t5_dir={t5}", f"--t5_v11_dir={t5}"])
+    assert runner.calls == []  # no cell started
+    for f in ["tokenizer.json", "model.safetensors"]:
+        (t5 / f).write_text("x")
+    (tmp_path / "data" / "cnndm_10k").mkdir()
+    assert R.main(base + [f"--t5_dir={t5}", f"--t5_v11_dir={t5}"]) == 0 and runner.calls
+
+
+def test_paper_grid_uses_the_off_the_shelf_t5(tmp_path, capsys):
+    cfg = R.get_config(["--scale=paper", "--tasks=mtop,cnndm_10k", "--t5_dir=T5", "--t5_v11_dir=V11", "--tables=3"])
+    inits = {c.meta["task"]: c.cmd for c in R.build_cells(cfg) if c.meta["method"] == "natural"}
     assert "--init=hf:T5" in inits["mtop"] and "--init=hf:V11" in inits["cnndm_10k"]
+    assert all("--preset=paper" in c and "--tokenizer=T5/tokenizer.json" in c for c in inits.values())
+    assert not any(a.startswith("--max_steps") for c in inits.values() for a in c)  # the preset's own
+    # a dry run shows the grid before the checkpoints are downloaded
+    assert R.main(["--scale=paper", "--tables=3", f"--out={tmp_path}", "--dry_run=1"]) == 0
+    assert "--init=hf:<T5_V11_DIR>" in capsys.readouterr().out
 
 
 def test_percent_benefit_arithmetic():
@@ -254,17 +308,31 @@ def test_main_end_to_end_with_fake_runner(tmp_path, monkeypatch):
     monkeypatch.setattr(R, "subprocess_runner", runner)
     # the shared tokenizer is made once, before any cell runs (here: recorded, not trained)
     monkeypatch.setattr(R, "get_tokenizer", lambda *a, **k: made.append((a, k, len(runner.calls))))
-    argv = ["--scale=cpu", "--tasks=mtop", "--tables=1,2,3", "--ln_values=0.4", f"--out={tmp_path}", "--data_dir=D"]
-    assert R.main(argv) == 0 and runner.calls
-    tok = R.TOKENIZER_CPU
-    assert made == [(("D", tok["size"], tok["path"]), {"natural_only": True}, 0)]
+    data, out = data_dir(tmp_path, "mtop", "natural_text"), tmp_path / "out"
+    argv = ["--scale=cpu", "--tasks=mtop", "--tables=1,2,3", "--ln_values=0.4", f"--out={out}", f"--data_dir={data}"]
+    assert R.main(argv) == 0 and len(runner.calls) == 46
+    tok = R.SCALES["cpu"]["tokenizer"]
+    assert made == [((data, tok["size"], tok["path"]), {"natural_only": True}, 0)]
     assert runner.threads == {max(1, os.cpu_count() // R.SCALES["cpu"]["jobs"])}  # parallel cells share the cores
     for name in ["table1.md", "table2.md", "table3.md", "benefit.svg", "results.json", "run.log"]:
-        assert (tmp_path / name).exists(), name
-    assert "Paper: parameter statistics" in (tmp_path / "table2.md").read_text()
-    assert json.loads((tmp_path / "results.json").read_text())["methods"]["lime"]["pretrain_acc"] == 90.0
-    assert R.main(argv + ["--report_only"]) == 0 and R.main(argv + ["--dry_run"]) == 0
-    assert len(made) == 1  # reports and dry runs train nothing
+        assert (out / name).exists(), name
+    assert "Paper: parameter statistics" in (out / "table2.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert results["methods"]["lime"]["pretrain_acc"] == 90.0
+    assert all(isinstance(r["wall_s"], float) for r in results["records"])
+    tables = {n: (out / n).read_text() for n in ["table1.md", "table2.md", "table3.md", "benefit.svg"]}
+    assert R.main(argv + ["--dry_run=1"]) == 0 and len(made) == 1  # dry runs train nothing
+    for n in tables:
+        (out / n).unlink()
+    before = (out / "results.json").read_bytes()
+    assert R.main(argv + ["--report_only=1"]) == 0 and len(made) == 1 and len(runner.calls) == 46
+    assert (out / "results.json").read_bytes() == before  # the run's own, not rewritten
+    assert {n: (out / n).read_text() for n in tables} == tables  # the same results give the same tables
+    again = FakeRunner()
+    monkeypatch.setattr(R, "subprocess_runner", again)
+    assert R.main(argv) == 0 and again.calls == []  # resumed: nothing left to run
+    # finished cells keep their own wall_s, not null
+    assert json.loads((out / "results.json").read_text())["records"][0]["wall_s"] == 2.0
 
 
 def test_table_numbers_never_show_minus_zero():
