@@ -1,23 +1,18 @@
 """reproduce.py: the paper's three experiments end to end, written up as Tables 1-3.
 
-A grid of cells, each a child process at --preset=<scale>: pretrain.py once per source (runs/pt-<src>)
-and finetune.py per method, task and seed (runs/ft-<method>-<task>-s<seed>). Table 1: random, natural,
-LIME, nonsense summary, nesting language, Set, identity (+ --extra_tasks: Experiment 2); Table 2: the
-stats_init schemes on Set, LIME and identity; Table 3: pre-attention layer norms = c. % of benefit =
-100 (method - random) / (natural - random). Writes table<n>.md, results.json, benefit.svg, run.log to
---out. A cell is done iff its result.json exists (the child writes it last): a re-run skips done cells
-and wipes half-written ones. Run: python reproduce.py --scale=cpu [--tables=1,3] [--dry_run=1]
-[--report_only=1], or --scale=paper --t5_dir=ckpts/t5-small --t5_v11_dir=ckpts/t5-v1_1-small.
+A grid of cells, each a child process at --preset=<scale>: pretrain.py once per source (runs/pt-
+<source>), finetune.py per method, task and seed (runs/ft-<method>-<task>-s<seed>). Table 1: random,
+natural, LIME, nonsense summary, nesting language, Set, identity (+ --extra_tasks: Experiment 2);
+Table 2: the stats_init schemes on Set, LIME and identity; Table 3: pre-attention layer norms = c.
+% of benefit = 100 (method - random) / (natural - random). Writes table<n>.md, results.json,
+benefit.svg and run.log to --out. A cell is done iff its result.json exists (the child writes it
+last): a re-run skips done cells and wipes half-written ones.
+Run: python reproduce.py --scale=cpu [--tables=1,3] [--jobs=1] [--dry_run=1] [--report_only=1]
+     python reproduce.py --scale=paper --t5_dir=ckpts/t5-small --t5_v11_dir=ckpts/t5-v1_1-small
 Reading order: model.py, tokenizer.py, tasks.py, config.py, train.py, pretrain.py, metrics.py,
 finetune.py, stats_init.py, reproduce.py (here), bench.py. Next: bench.py.
 """
-import json
-import os
-import shutil
-import statistics
-import subprocess
-import sys
-import time
+import json, os, shutil, statistics, subprocess, sys, time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,8 +30,8 @@ SCALES = {
         # one budget for every source, natural too, so sources differ only in their data; the
         # tiny T5 learns every source's task in 2000 steps (pre-training token accuracy is tabled)
         pretrain=dict(max_steps=2000),
-        # at step 400 each Table 1 row's seed std was <= 0.5 and natural led random by 1.6 points; at
-        # 800 the stds were 0.3-1.4, the lead 0.5 (README): early fine-tuning, not the converged score
+        # at step 400 each Table 1 row's seed std was <= 0.5 and natural led random by 1.6 points;
+        # at 800 the stds were 0.3-1.4, the lead 0.5 (README): early fine-tuning, not convergence
         finetune=dict(max_steps=400, eval_interval=200, n_test=200),
         natural="pretrain",  # span corruption on data_dir/natural_text (no T5 checkpoint on CPU)
         # T5's SentencePiece saw C4 alone, so: a BPE of natural_text alone (with the mixed corpus,
@@ -45,27 +40,24 @@ SCALES = {
         tasks=["mtop"],  # cheap to decode; from scratch it scores well between 0 and its ceiling
         seeds=2,  # fine-tuning repeats (pre-training runs once): every row gets a spread
         jobs=2,  # this model gains little from a 2nd thread: two 1-thread cells do ~2x the work
-        ln_values=[0.1, 0.4, 0.8],  # Table 3's c: 0.4 is the README default, the ends show the trend
+        ln_values=[0.1, 0.4, 0.8],  # Table 3's c: 0.4 is the README default, the ends the trend
         metric="best_val_token_acc"),  # exact match is too coarse for a tiny model
     "paper": dict(
         pretrain={}, finetune={},  # the presets' own budgets are the released scripts'
         natural="hf", tokenizer=None,  # the off-the-shelf T5 and its tokenizer.json, as the paper
-        tasks=DOWNSTREAM, seeds=1,  # the paper fine-tuned each checkpoint once
-        jobs=1,  # one cell owns the GPU
+        tasks=DOWNSTREAM, seeds=1, jobs=1,  # the paper fine-tuned each checkpoint once; one GPU
         ln_values=[0.05, 0.1, 0.2, 0.4, 0.6, 0.8],  # the original code's pre-attention LN sweep
-        metric="score"),  # the task's main metric at the best-validation-token-accuracy step
-}
+        metric="score")}  # the task's main metric at the best-validation-token-accuracy step
 TABLE1_SOURCES = ["lime", "nonsense_summary", "nesting_language", "set", "identity"]
 STATS_SOURCES = ["set", "lime", "identity"]  # the checkpoints Table 2 takes statistics from
 STATS_SCHEMES = ["per_param_mean_sd", "per_param_scale", "whole_model_scale",
                  "preattn_ln_per_param_scale"]
-LABELS = dict(random="Random init", lime="LIME", nonsense_summary="Nonsense summary", set="Set",
-              nesting_language="Nesting language", identity="Identity",
-              per_param_mean_sd="Per Param Mean/SD", per_param_scale="Per Param Scale",
-              whole_model_scale="Whole Model Scale", preattn_ln_per_param_scale="Pre-attn LN Per Param Scale")
-PAPER = {"random": "0%", "natural": "100%", "lime": "67%", "set": "65%"}  # its six-task means
-PAPER_STATS_BEST = "39%"  # the best init scheme of Experiment 3; which scheme it was is not known
-
+LABELS = dict(zip(["random", "natural"] + TABLE1_SOURCES + STATS_SCHEMES, [
+    "Random init", "Natural (span corruption, same steps)", "LIME", "Nonsense summary",
+    "Nesting language", "Set", "Identity", "Per Param Mean/SD", "Per Param Scale",
+    "Whole Model Scale", "Pre-attn LN Per Param Scale"]))
+PUBLISHED = {"random": "0%", "natural": "100%", "lime": "67%", "set": "65%"}  # its six-task means
+PUBLISHED_STATS_BEST = "39%"  # Experiment 3's best init scheme; which one it was is not known
 
 @dataclass
 class ReproduceConfig:
@@ -81,9 +73,8 @@ class ReproduceConfig:
     t5_v11_dir: str = ""           # paper scale: HF folder of T5 v1.1-small (cnndm_10k)
     dry_run: bool = False          # print the cells and their commands, run nothing
     report_only: bool = False      # only rebuild the tables and benefit.svg from finished cells
-    jobs: int = 0                  # cells at once, each child with cores/jobs threads (0 = the scale's)
+    jobs: int = 0                  # cells at once, each child with cores/jobs threads (0 = scale's)
     fail_fast: bool = False        # start no cell after the first failure
-
 
 @dataclass
 class Cell:
@@ -94,22 +85,21 @@ class Cell:
     deps: list = field(default_factory=list)  # ids of cells that must finish first
     meta: dict = field(default_factory=dict)  # method, label, tables, task, seed, source, eta_kind
 
-
 def _lists(cfg):
     """[tasks, tables, ln_values, extra_tasks] as lists, or a UserError naming the bad key."""
     out, sources = [], [t for t in TASKS if t != "natural"]  # natural is a row of its own
     for key, conv, ok in [("tasks", str, DOWNSTREAM), ("tables", int, [1, 2, 3]),
                           ("ln_values", float, None), ("extra_tasks", str, sources)]:
+        raw = getattr(cfg, key)
         try:
-            vals = [conv(x) for x in getattr(cfg, key).replace(" ", "").split(",") if x]
+            out.append([conv(x) for x in raw.replace(" ", "").split(",") if x])
         except ValueError:
-            vals = None
-        if vals is None or not (vals or key == "extra_tasks") or not set(vals) <= set(ok or vals):
+            out.append(None)
+        if out[-1] is None or not (out[-1] or key == "extra_tasks") or not set(out[-1]) <= set(
+                ok or out[-1]):
             want = ", ".join(map(str, ok)) if ok else "numbers"
-            raise config.UserError(f"--{key}={getattr(cfg, key)!r}: expected a comma list of {want}")
-        out.append(vals)
+            raise config.UserError(f"--{key}={raw!r}: expected a comma list of {want}")
     return out
-
 
 def get_config(argv) -> ReproduceConfig:
     """The command line over the scale's defaults (what 0 and "" stand for), all checked."""
@@ -117,13 +107,12 @@ def get_config(argv) -> ReproduceConfig:
         config.check_choice("scale", c.scale, SCALES)
         s = SCALES[c.scale]
         return dict(tasks=",".join(s["tasks"]), seeds=s["seeds"], jobs=s["jobs"],
-                    ln_values=",".join(map(str, s["ln_values"])), out=os.path.join("results", c.scale))
+                    ln_values=",".join(map(str, s["ln_values"])), out=f"results/{c.scale}")
     cfg = config.parse(ReproduceConfig, argv, scale_defaults, __doc__)
     config.check_range("seeds", cfg.seeds, 1)
     config.check_range("jobs", cfg.jobs, 1)
     _lists(cfg)
     return cfg
-
 
 def check_inputs(cfg):
     """A UserError naming every input the cells would miss, raised before the first cell starts."""
@@ -132,67 +121,61 @@ def check_inputs(cfg):
     need = [("data_dir", t) for t in tasks + ["natural_text"] * (not hf)]
     need += [("t5_dir", n) for n in ("config.json", "tokenizer.json", w)] * hf
     need += [("t5_v11_dir", n) for n in ("config.json", w)] * (hf and "cnndm_10k" in tasks)
-    missing = []
-    for key, names in need:
-        d = getattr(cfg, key)
-        if not d or not any(os.path.exists(os.path.join(d, n)) for n in names.split("|")):
-            missing.append(os.path.join(d, names.replace("|", " or ")) if d else f"--{key}=DIR")
+    missing = [os.path.join(d, n.replace("|", " or ")) if d else f"--{k}=DIR" for k, n in need
+               for d in [getattr(cfg, k)]
+               if not (d and any(os.path.exists(os.path.join(d, x)) for x in n.split("|")))]
     if missing:
         raise config.UserError(f"--scale={cfg.scale} needs " + ", ".join(dict.fromkeys(missing)))
 
-
 def build_cells(cfg):
-    """The grid for the requested tables, in a runnable order (every cell after its dependencies)."""
+    """The grid for the requested tables, in a runnable order (each cell after its dependencies)."""
     s, (tasks, tables, lns, extra), cells = SCALES[cfg.scale], _lists(cfg), []
     tok = s["tokenizer"]["path"] if s["tokenizer"] else f"{cfg.t5_dir or '<T5_DIR>'}/tokenizer.json"
-    # the scale's recipe and one tokenizer for every cell, so that checkpoints load whole
-    common = [f"--preset={cfg.scale}", f"--data_dir={cfg.data_dir}", f"--tokenizer={tok}"]
+    # the scale's recipe, one tokenizer for every cell (so checkpoints load whole), the budgets
+    common = lambda kind: [f"--preset={cfg.scale}", f"--data_dir={cfg.data_dir}",
+                           f"--tokenizer={tok}", *[f"--{k}={v}" for k, v in s[kind].items()]]
     out = lambda cid: os.path.join(cfg.out, "runs", cid)  # one folder per cell, named by its id
-    flags = lambda kind: [f"--{k}={v}" for k, v in s[kind].items()]
 
     def pretrain(src):  # one cell per source, shared by every table that needs it
         cid = f"pt-{src}"
         if all(c.id != cid for c in cells):  # seed 0 always: --seeds repeats fine-tuning only
-            cmd = ["python", "pretrain.py", f"--task={src}", f"--out_dir={out(cid)}", "--seed=0"]
-            cells.append(Cell(cid, "pretrain", cmd + common + flags("pretrain"), out(cid),
+            cells.append(Cell(cid, "pretrain", ["python", "pretrain.py", f"--task={src}",
+                              f"--out_dir={out(cid)}", "--seed=0", *common("pretrain")], out(cid),
                               meta=dict(source=src, eta_kind="pretrain")))
-        return cid, os.path.join(out(cid), "ckpt_best.pt")  # best validation: the paper's rule
+        return [cid], os.path.join(out(cid), "ckpt_best.pt")  # best validation: the paper's rule
 
-    def finetune(method, label, tabs, init, deps=(), src=None):  # one row: tasks x seeds
+    def finetune(method, tabs, init, deps=(), src=None, label=None):  # a row: tasks x seeds
         for seed in range(cfg.seeds):  # seed-major, so a whole row exists before its repeats
             for t in tasks:
                 cid = f"ft-{method}-{t}-s{seed}"
-                cmd = ["python", "finetune.py", f"--task={t}", f"--init={init(t)}",
-                       f"--out_dir={out(cid)}", f"--seed={seed}", *common, *flags("finetune")]
-                cells.append(Cell(cid, "finetune", cmd, out(cid), list(deps), dict(
-                    method=method, label=label, tables=tabs, task=t, seed=seed, source=src,
-                    eta_kind=f"finetune:{t}")))
+                cells.append(Cell(cid, "finetune", ["python", "finetune.py", f"--task={t}",
+                                  f"--init={init(t)}", f"--out_dir={out(cid)}", f"--seed={seed}",
+                                  *common("finetune")], out(cid), list(deps), dict(
+                    method=method, label=label or LABELS.get(method, method), tables=tabs,
+                    task=t, seed=seed, source=src, eta_kind=f"finetune:{t}")))
 
     # the two reference rows of every table come first, so partial results already give percentages
-    finetune("random", LABELS["random"], tables, lambda t: "scratch")
+    finetune("random", tables, lambda t: "scratch")
     if s["natural"] == "pretrain":
-        pid, ckpt = pretrain("natural")
-        finetune("natural", "Natural (span corruption, same steps)", tables, lambda t: ckpt, [pid],
-                 "natural")
+        deps, ckpt = pretrain("natural")
+        finetune("natural", tables, lambda t: ckpt, deps, "natural")
     else:  # the off-the-shelf T5; placeholders let a dry run show the grid before the download
         key = lambda t: "t5_v11_dir" if t == "cnndm_10k" else "t5_dir"
+        hf = lambda t: "hf:" + (getattr(cfg, key(t)) or f"<{key(t).upper()}>")
         v11 = "; v1.1 on cnndm_10k" if "cnndm_10k" in tasks else ""
-        finetune("natural", f"Natural (off-the-shelf T5{v11})", tables,
-                 lambda t: "hf:" + (getattr(cfg, key(t)) or f"<{key(t).upper()}>"))
+        finetune("natural", tables, hf, label=f"Natural (off-the-shelf T5{v11})")
     for src in (TABLE1_SOURCES + [t for t in extra if t not in TABLE1_SOURCES]) * (1 in tables):
-        pid, ckpt = pretrain(src)  # Table 1 and Experiment 2: fine-tune the whole checkpoint
-        finetune(src, LABELS.get(src, src), [1], lambda t, c=ckpt: c, [pid], src)  # c=: bind now
-    for src in STATS_SOURCES * (2 in tables):  # Table 2: only per-group statistics are transferred
-        pid, ckpt = pretrain(src)
+        deps, ckpt = pretrain(src)  # Table 1 and Experiment 2: fine-tune the whole checkpoint
+        finetune(src, [1], lambda t, c=ckpt: c, deps, src)  # c=ckpt: bound now, not at the call
+    for src in STATS_SOURCES * (2 in tables):  # Table 2: only per-group statistics transfer
+        deps, ckpt = pretrain(src)
         for sch in STATS_SCHEMES:
-            finetune(f"stats-{sch}-{src}", f"{LABELS[sch]} (from {LABELS[src]})", [2],
-                     lambda t, s=sch, c=ckpt: f"stats:{s}:{c}", [pid], src)
+            finetune(f"stats-{sch}-{src}", [2], lambda t, s=sch, c=ckpt: f"stats:{s}:{c}", deps,
+                     src, f"{LABELS[sch]} (from {LABELS[src]})")
     for c in lns * (3 in tables):  # Table 3: no checkpoint, pre-attention LN scales = c (ln0.4)
-        finetune(f"ln{c:g}", f"Pre-attn LN = {c:g}", [3], lambda t, c=c: f"preattn_ln:{c:g}")
+        finetune(f"ln{c:g}", [3], lambda t, c=c: f"preattn_ln:{c:g}", label=f"Pre-attn LN = {c:g}")
     return cells
 
-
-# -------------------------------------------------------------------------------------------------- run
 def read_result(cell):  # the only "finished" signal: the child writes result.json last, atomically
     path = Path(cell.out_dir) / "result.json"
     # a pre-training cell also needs its checkpoint: results/ is committed without .pt files, so a
@@ -201,24 +184,21 @@ def read_result(cell):  # the only "finished" signal: the child writes result.js
         return None
     return json.loads(path.read_text()) if path.exists() else None
 
-
 def subprocess_runner(cell, log_path, threads=0):
-    """Run one cell's command, all its output into log_path; returns the exit code. threads > 0 caps
-    the child's CPU threads (OMP_NUM_THREADS, read by torch at start) so parallel cells share cores."""
-    # same interpreter (venv) as ours, scripts found next to this file whatever the working directory
-    cmd = [sys.executable, str(HERE / cell.cmd[1]), *cell.cmd[2:]] if cell.cmd[0] == "python" else cell.cmd
+    """Run one cell's command, all its output into log_path; returns the exit code. threads > 0
+    caps the child's threads (OMP_NUM_THREADS, read by torch at start) so parallel cells share."""
+    # the same interpreter (venv) as ours; the scripts found next to this file, whatever the cwd
+    cmd = [sys.executable, str(HERE / cell.cmd[1]), *cell.cmd[2:]]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads > 0 else None
     with open(log_path, "w") as log:
         return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
-
 def _fmt(s):  # seconds -> h:mm:ss
     return f"{int(s) // 3600}:{int(s) // 60 % 60:02d}:{int(s) % 60:02d}"
 
-
 def _eta(cells, durations, jobs=1):
-    """Time left = sum over cells of the mean duration of finished cells of the same kind (same task),
-    shared by `jobs` parallel workers (a duration was measured with as many cells beside it)."""
+    """Time left = sum over cells of the mean duration of finished cells of the same kind (task),
+    shared by `jobs` parallel workers (each duration was measured with as many cells beside it)."""
     total, untimed = 0.0, 0
     for c in cells:  # a task never timed yet borrows the mean of its kind (all fine-tuning cells)
         same = durations.get(c.meta["eta_kind"]) or [d for k, v in durations.items()
@@ -226,33 +206,26 @@ def _eta(cells, durations, jobs=1):
         total, untimed = (total + statistics.mean(same), untimed) if same else (total, untimed + 1)
     return _fmt(total / jobs) + (f" + {untimed} untimed cells" if untimed else "")
 
-
 def _start(pool, runner, cell):  # no result.json: a killed or failed earlier attempt, so afresh
     shutil.rmtree(cell.out_dir, ignore_errors=True)
-    config.atomic_write(os.path.join(cell.out_dir, "cmd.txt"), " ".join(cell.cmd))  # see `stale`
+    config.atomic_write(os.path.join(cell.out_dir, "cmd.txt"), " ".join(cell.cmd))  # what ran
     return pool.submit(runner, cell, Path(cell.out_dir) / "stdout.log")
 
-
-def _failure(cell, fut):
-    """None when the cell wrote its result.json (whatever the exit code said), else the message."""
-    try:
-        rc = fut.result()
-    except Exception as e:  # a broken runner is reported like a failing child
-        rc = f"runner raised {e!r}"
-    log = Path(cell.out_dir) / "stdout.log"  # the folder stays for inspection; the next run retries it
+def _failure(cell, fut):  # None when the cell wrote its result.json (whatever the exit code said)
+    e = fut.exception()  # a broken runner is reported like a failing child
+    rc = f"runner raised {e!r}" if e else fut.result()
+    log = Path(cell.out_dir) / "stdout.log"  # the folder stays for inspection; the next run retries
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else ""
     return None if read_result(cell) else f"exit code {rc}, no result.json; log tail:\n{tail}"
-
 
 def _record(c, error=None, wall_s=None):  # a cell in results.json; one finished earlier: its wall_s
     res = read_result(c)
     return dict(id=c.id, kind=c.kind, meta=c.meta, cmd=c.cmd, result=res, error=error,
                 wall_s=(res or {}).get("wall_s") if wall_s is None else wall_s)
 
-
 def run_cells(cells, runner=subprocess_runner, fail_fast=False, log_file=None, jobs=1):
-    """Run every unfinished cell, up to `jobs` at a time (each child with cores/jobs threads), in grid
-    order as dependencies allow; returns one record per cell (result, error, wall_s)."""
+    """Run every unfinished cell, up to `jobs` at a time, in grid order as dependencies allow (a
+    cell starts once they have finished); returns one record per cell (result, error, wall_s)."""
     pos = {c.id: i for i, c in enumerate(cells)}
     for c in cells:  # the grid must list each dependency before its users
         if any(pos.get(d, len(cells)) > pos[c.id] for d in c.deps):
@@ -263,21 +236,14 @@ def run_cells(cells, runner=subprocess_runner, fail_fast=False, log_file=None, j
         if log_file:
             with open(log_file, "a") as f:
                 f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
-    done = {c.id: read_result(c) for c in cells}
-    durations, errors, walls = {}, {}, {}  # seconds per eta_kind; id -> message; id -> seconds
+    done, durations, errors, walls = {c.id: read_result(c) for c in cells}, {}, {}, {}
     for c in [c for c in cells if isinstance((done[c.id] or {}).get("wall_s"), (int, float))]:
         durations.setdefault(c.meta["eta_kind"], []).append(done[c.id]["wall_s"])  # seeds the ETA
     pending = [c for c in cells if done[c.id] is None]  # resuming = skipping every finished cell
-    stale = [c.id for c in cells if done[c.id] and (Path(c.out_dir) / "cmd.txt").exists()
-             and (Path(c.out_dir) / "cmd.txt").read_text() != " ".join(c.cmd)]
-    if stale:  # settings changed since these finished; rerunning silently could waste hours, so ask
-        say(f"WARNING: {len(stale)} finished cells ran another command; delete their folders to redo "
-            f"them: {', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}")
     t0, running, stop = time.time(), {}, False  # running: future -> (cell, start time)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while pending or running:
             busy = {c.id for c in pending} | {c.id for c, _ in running.values()}
-            # a cell starts once its dependencies have finished: scratch runs beside pre-training
             for cell in [c for c in pending if not any(d in busy for d in c.deps)]:
                 if stop or len(running) >= jobs:
                     break
@@ -304,107 +270,95 @@ def run_cells(cells, runner=subprocess_runner, fail_fast=False, log_file=None, j
         f"skipped, this invocation took {_fmt(time.time() - t0)}")
     return [_record(c, errors.get(c.id), walls.get(c.id)) for c in cells]
 
-
-# ---------------------------------------------------------------------------------------------- numbers
 def percent_benefit(method, random, natural, eps=1e-9):
-    """100 (method - random) / (natural - random); None when natural ~= random or a value is missing."""
+    """100 (method - random) / (natural - random); None when natural ~= random or one is missing."""
     if method is None or random is None or natural is None or abs(natural - random) < eps:
         return None
     return 100.0 * (method - random) / (natural - random)
 
-
-def _as_pct(x):  # accuracies may be fractions; shown as % (so a real accuracy <= 1% would be misread)
+def _pct(x):  # accuracies may be fractions, shown as % (so a real accuracy <= 1% would be misread)
     return None if x is None else (100.0 * x if abs(x) <= 1.0 else x)
-
 
 def _mean(xs):  # mean of what is there; None when nothing is, so a partial grid still renders
     xs = [x for x in xs if x is not None]
     return statistics.mean(xs) if xs else None
 
-
 def summarize(records, metric="score"):
-    """Every number of the tables: per method and task the seeds' mean/std, averages, % of benefit."""
-    pre = {r["meta"]["source"]: r["result"] for r in records if r["kind"] == "pretrain" and r["result"]}
+    """Every number of the tables: per method and task the seeds' mean/std, averages, % benefit."""
+    pre = {r["meta"]["source"]: r["result"] or {} for r in records if r["kind"] == "pretrain"}
     ft = [r for r in records if r["kind"] == "finetune"]
     tasks, methods = list(dict.fromkeys(r["meta"]["task"] for r in ft)), {}  # both in grid order
     for r in ft:
-        m, res, src = r["meta"], r["result"] or {}, pre.get(r["meta"]["source"]) or {}
+        m, res, src = r["meta"], r["result"], pre.get(r["meta"]["source"], {})
+        const = (src.get("baselines") or {}).get("constant", {})  # did it learn? beat this output
         row = methods.setdefault(m["method"], dict(
             label=m["label"], tables=m["tables"], source=m["source"], runs={t: [] for t in tasks},
-            pretrain_acc=_as_pct(src.get("best_val_token_acc")),
-            pretrain_em=_as_pct(src.get("val_exact_match")),  # and "did it learn?": the token accuracy
-            pretrain_const=_as_pct((src.get("baselines") or {}).get("constant", {}).get("token_acc"))))
-        v = res.get(metric, res.get("scores", {}).get(metric))  # of the best constant output (above)
-        row["runs"][m["task"]] += [(_as_pct(v) if metric.endswith("acc") else v, res.get("score"))] * (
-            r["result"] is not None)  # unfinished or failed cells contribute nothing
+            pretrain_acc=_pct(src.get("best_val_token_acc")),
+            pretrain_em=_pct(src.get("val_exact_match")),
+            pretrain_const=_pct(const.get("token_acc"))))
+        if res:  # unfinished or failed cells contribute nothing; "score" may sit in "scores"
+            v = res.get(metric, res.get("scores", {}).get(metric))
+            v = _pct(v) if metric.endswith("acc") else v
+            row["runs"][m["task"]].append((v, res.get("score")))
     for row in methods.values():  # mean ± std over seeds (sample std; 0 for a single seed)
-        row["per_task"] = {t: dict(n=len(vals), mean=_mean(vals), score_mean=_mean(s for _, s in runs),
-                                   std=statistics.stdev(vals) if len(vals) > 1 else 0.0)
-                           for t, runs in row.pop("runs").items()
-                           for vals in [[v for v, _ in runs if v is not None]]}
+        row["per_task"] = {}
+        for t, runs in row.pop("runs").items():
+            v = [v for v, _ in runs if v is not None]
+            row["per_task"][t] = dict(n=len(v), mean=_mean(v), score_mean=_mean(s for _, s in runs),
+                                      std=statistics.stdev(v) if len(v) > 1 else 0.0)
         means = [c["mean"] for c in row["per_task"].values()]
         # an average over a subset of tasks would not compare across rows, so only over all of them
         row["avg"] = statistics.mean(means) if means and None not in means else None
-    # the reference rows' mean per task (their average under None); None if not run (yet)
-    ref = {k: {**{t: c["mean"] for t, c in methods[k]["per_task"].items()}, None: methods[k]["avg"]}
-           if k in methods else dict.fromkeys(tasks + [None]) for k in ("random", "natural")}
+    # the reference rows' mean on task t (their average for t=None); None if not run (yet)
+    ref = lambda t: [None if k not in methods else methods[k]["per_task"][t]["mean"] if t
+                     else methods[k]["avg"] for k in ("random", "natural")]
     for row in methods.values():
         for t, c in row["per_task"].items():  # n/a: it ran, but natural == random
-            c["pct"] = percent_benefit(c["mean"], ref["random"][t], ref["natural"][t])
-            c["na"] = c["pct"] is None and None not in (c["mean"], ref["random"][t], ref["natural"][t])
+            c["pct"] = percent_benefit(c["mean"], *ref(t))
+            c["na"] = c["pct"] is None and None not in [c["mean"], *ref(t)]
         pcts = [c["pct"] for c in row["per_task"].values()]
         # headline: the mean of the per-task percentages (the paper's presumed form), n/a left out
         row.update(pct=_mean(pcts), pct_n_tasks=sum(p is not None for p in pcts),
-                   pct_of_avg=percent_benefit(row["avg"], ref["random"][None], ref["natural"][None]))
-    errors = [dict(id=r["id"], error=r["error"]) for r in records if r.get("error")]
-    return dict(metric=metric, tasks=tasks, methods=methods, errors=errors, notes=_notes(methods, ref),
+                   pct_of_avg=percent_benefit(row["avg"], *ref(None)))
+    notes = [n for t in tasks if None not in ref(t) for n in _notes(t, methods)]
+    return dict(metric=metric, tasks=tasks, methods=methods, notes=notes,
+                errors=[dict(id=r["id"], error=r["error"]) for r in records if r.get("error")],
                 tables=sorted({t for m in methods.values() for t in m["tables"]}))
 
+def _notes(t, methods):  # where the denominator natural - random of task t misbehaves, in words
+    rc, nc = methods["random"]["per_task"][t], methods["natural"]["per_task"][t]
+    d, spread = nc["mean"] - rc["mean"], rc["std"] + nc["std"]  # stds known with 2+ seeds of each
+    return [f"{t}: natural == random, so its % of benefit is n/a (division by ~0)"] * (
+        abs(d) < 1e-9) + [f"{t}: natural scores below random; its % of benefit has the opposite "
+                          "sign"] * (d <= -1e-9) + [
+        f"{t}: natural - random = {d:+.2f} is within the seeds' spread (std {rc['std']:.2f} + "
+        f"{nc['std']:.2f}), so its % of benefit is dominated by noise; compare points"] * (
+        rc["n"] > 1 and nc["n"] > 1 and 0 < abs(d) < spread)
 
-def _notes(methods, ref):  # where the denominator natural - random misbehaves, in words
-    notes = []
-    for t, r_ in [(t, v) for t, v in ref["random"].items() if t and None not in (v, ref["natural"][t])]:
-        n_, rc, nc = ref["natural"][t], methods["random"]["per_task"][t], methods["natural"]["per_task"][t]
-        if abs(n_ - r_) < 1e-9:
-            notes.append(f"{t}: natural == random, so its % of benefit is n/a (division by ~0)")
-        elif n_ < r_:
-            notes.append(f"{t}: natural scores below random; its % of benefit has the opposite sign")
-        if rc["n"] > 1 and nc["n"] > 1 and 0 < abs(n_ - r_) < rc["std"] + nc["std"]:  # 2+ seeds each
-            notes.append(f"{t}: natural - random = {n_ - r_:+.2f} is within the seeds' spread (std "
-                         f"{rc['std']:.2f} + {nc['std']:.2f}), so its % of benefit is dominated by "
-                         "noise; compare points")
-    return notes
-
-
-# ---------------------------------------------------------------------------------------------- reports
-def _f(x, nd=1):  # a number for a table cell; a dash for "not run (yet)"; no "-0" for a tiny negative
+def _f(x, nd=1):  # a number for a table cell, a dash for "not run (yet)", no "-0" for a tiny minus
     return "–" if x is None else f"{x:.{nd}f}".lstrip("-") if round(x, nd) == 0 else f"{x:.{nd}f}"
-
 
 def _md(header, rows):  # a GitHub-markdown table
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
-
-TITLES = {1: "Table 1: pre-training sources (Experiments 1 and 2)",
-          2: "Table 2: initialising from parameter statistics of a synthetic checkpoint (Experiment 3)",
+TITLES = {1: "Table 1: pre-training sources (Experiments 1 and 2)", 2: "Table 2: initialising from "
+          "parameter statistics of a synthetic checkpoint (Experiment 3)",
           3: "Table 3: constant pre-attention layer norm"}
-INTRO = ("Metric `{}` (x100 for accuracies), mean ± std over the finished seeds (up to {}). % of benefit = "
-         "100 (method - random) / (natural - random) per task; the **headline `% benefit` is the mean of "
-         "the per-task percentages** (the paper's presumed form); `% of avg` applies the formula to the task "
-         "averages instead. `pre-train acc` = the source's held-out token accuracy / exact match / token "
-         "accuracy of a constant output (the bar a source must clear to have learned anything).")
+INTRO = ("Metric `{}` (x100 for accuracies), mean ± std over the finished seeds (up to {}). % of "
+         "benefit = 100 (method - random) / (natural - random) per task; the **headline `% "
+         "benefit` is the mean of the per-task percentages** (the paper's presumed form); `% of "
+         "avg` applies the formula to the task averages instead. `pre-train acc` = the source's "
+         "held-out token accuracy / exact match / token accuracy of a constant output (the bar a "
+         "source must clear to have learned anything).")
 
-
-def _main_row(k, m, n):  # a method's row of the main table, over n tasks
-    pre = "–" if m["pretrain_acc"] is None else " / ".join(
-        _f(m[f"pretrain_{s}"]) for s in ("acc", "em", "const"))
-    pct = _f(m["pct"], 0) + "%" * (m["pct"] is not None) + (
-        f" ({m['pct_n_tasks']}/{n} tasks)" if 0 < m["pct_n_tasks"] < n else "")
-    return [m["label"], pre, *[_f(c["mean"]) + f" ± {c['std']:.1f}" * (c["n"] > 1)
-                               for c in m["per_task"].values()],
-            _f(m["avg"]), pct, _f(m["pct_of_avg"], 0), PAPER.get(k, "")]
-
+def _row(k, m, n):  # a method's row of a table's main part, over n tasks
+    part = f" ({m['pct_n_tasks']}/{n} tasks)" if 0 < m["pct_n_tasks"] < n else ""
+    pre = " / ".join(_f(m[f"pretrain_{s}"]) for s in ("acc", "em", "const"))
+    return [m["label"], "–" if m["pretrain_acc"] is None else pre,
+            *[_f(c["mean"]) + f" ± {c['std']:.1f}" * (c["n"] > 1) for c in m["per_task"].values()],
+            _f(m["avg"]), _f(m["pct"], 0) + "%" * (m["pct"] is not None) + part,
+            _f(m["pct_of_avg"], 0), PUBLISHED.get(k, "")]
 
 def render_tables(summary):
     """{"table1.md": markdown, ...} for every table in the summary."""
@@ -412,83 +366,82 @@ def render_tables(summary):
     for tab in summary["tables"]:
         rows = [(k, m) for k, m in summary["methods"].items() if tab in m["tables"]]  # refs too
         n_seeds = max([c["n"] for _, m in rows for c in m["per_task"].values()] or [0])
-        per_task = lambda fn: _md(["method", *tasks], [[m["label"], *map(fn, m["per_task"].values())]
-                                                       for _, m in rows])
-        head = ["method", "pre-train acc / EM / const", *tasks, "avg", "% benefit", "% of avg", "paper"]
+        per_task = lambda fn: _md(["method", *tasks], [
+            [m["label"], *map(fn, m["per_task"].values())] for _, m in rows])
+        head = ["method", "pre-train acc / EM / const", *tasks, "avg", "% benefit", "% of avg",
+                "paper"]
         text = [f"# {TITLES[tab]}", "", INTRO.format(summary["metric"], n_seeds), "",
-                _md(head, [_main_row(k, m, len(tasks)) for k, m in rows]), "", "Per-task % of benefit:",
+                _md(head, [_row(k, m, len(tasks)) for k, m in rows]), "", "Per-task % of benefit:",
                 "", per_task(lambda c: "n/a" if c["na"] else _f(c["pct"], 0))]
-        if summary["metric"] != "score":  # the task's own test metric, beside the one that drives %
-            text += ["", "Test score (`score`: the task's main metric at the best-validation step):", "",
-                     per_task(lambda c: _f(c["score_mean"]))]
+        if summary["metric"] != "score":  # the task's own test metric, beside the one behind the %
+            text += ["", "Test score (`score`: the task's main metric at the best-validation "
+                     "step):", "", per_task(lambda c: _f(c["score_mean"]))]
         best = max([m for k, m in rows if k.startswith("stats-") and m["pct"] is not None],
                    key=lambda m: m["pct"], default=None)
-        text += ["", f"Paper: parameter statistics (best scheme) reach {PAPER_STATS_BEST} of the benefit; "
-                 f"here the best is {best['label'] + ' ' + _f(best['pct'], 0) + '%' if best else 'n/a'}."
-                 ] * (tab == 2)
+        here = f"{best['label']} {_f(best['pct'], 0)}%" if best else "n/a"
+        text += ["", "Paper: parameter statistics (best scheme) reach "
+                 f"{PUBLISHED_STATS_BEST} of the benefit; here the best is {here}."] * (tab == 2)
         text += [""] + [f"Note: {n}" for n in summary["notes"]]  # n/a and sign flips, in words
         text += [f"Failed/skipped: {e['id']}" for e in summary["errors"]]
         out[f"table{tab}.md"] = "\n".join(text).rstrip() + "\n"
     return out
 
-
 def render_svg(summary):
-    """A horizontal bar chart of the headline % of benefit, one bar per method, paper figures as ticks."""
-    rows, H, L = list(summary["methods"].items()), 22, 260  # row height, label column
+    """A horizontal bar chart of the headline % of benefit per method; black ticks: the paper's."""
+    rows = list(summary["methods"].items())
     vals = [m["pct"] for _, m in rows if m["pct"] is not None]
     lo, hi = max(-200.0, min([0.0] + vals)), min(300.0, max([100.0] + vals))  # clip outliers
-    x = lambda v: L + (min(max(v, lo), hi) - lo) / (hi - lo) * 430
-    end = 40 + H * len(rows)
-    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="760" height="{end + 50}" font-family="sans-serif" '
-         f'font-size="12"><text x="{L}" y="20" font-weight="bold">% of natural pre-training benefit '
-         f'({escape(summary["metric"])}, mean over {len(summary["tasks"])} tasks)</text>']
-    for v in (0, 100):  # reference lines: random init and natural pre-training
-        s.append(f'<line x1="{x(v):.1f}" y1="35" x2="{x(v):.1f}" y2="{end}" stroke="#999" stroke-'
-                 f'dasharray="4 3"/><text x="{x(v):.1f}" y="32" text-anchor="middle">{v}%</text>')
-    for i, (k, m) in enumerate(rows):
-        y, p = 40 + i * H, m["pct"]
+    x = lambda v: 260 + (min(max(v, lo), hi) - lo) / (hi - lo) * 430
+    end = 40 + 22 * len(rows)  # 22 pixels a row, below a 40-pixel header
+    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="760" height="{end + 50}" '
+         'font-family="sans-serif" font-size="12">', '<text x="260" y="20" font-weight="bold">% of '
+         f'natural pre-training benefit ({escape(summary["metric"])}, mean over '
+         f'{len(summary["tasks"])} tasks)</text>']
+    s += [f'<line x1="{x(v):.1f}" y1="35" x2="{x(v):.1f}" y2="{end}" stroke="#999" stroke-dasharray'
+          f'="4 3"/><text x="{x(v):.1f}" y="32" text-anchor="middle">{v}%</text>' for v in (0, 100)]
+    for y, (k, m) in zip(range(40, end, 22), rows):
+        p, ref = m["pct"], k in ("random", "natural")
         x0, x1 = sorted((x(0), x(p or 0)))  # bars grow from 0 either way; n/a is empty
         tx, anchor = (x1 + 4, "start") if (p or 0) >= 0 else (x0 - 4, "end")  # label past the bar
-        fill = "#888" if k in ("random", "natural") else ["#4c72b0", "#dd8452", "#55a868"][min(m["tables"]) - 1]
-        s.append(f'<text x="{L - 6}" y="{y + 15}" text-anchor="end">{escape(m["label"])}</text><rect class='
-                 f'"bar" x="{x0:.1f}" y="{y + 4}" width="{x1 - x0:.1f}" height="{H - 8}" fill="{fill}"/><text '
-                 f'x="{tx:.1f}" y="{y + 15}" text-anchor="{anchor}">{_f(p, 0) + "%" if p is not None else "n/a"}</text>')
-        if k in PAPER and k not in ("random", "natural"):  # the paper's number: a black tick
-            px = x(float(PAPER[k].rstrip("%")))
-            s.append(f'<line class="paper" x1="{px:.1f}" y1="{y + 1}" x2="{px:.1f}" y2="{y + H - 1}" '
-                     'stroke="black" stroke-width="3"/>')
-    s.append(f'<text x="{L}" y="{end + 30}">black ticks: paper (LIME 67%, Set 65%); paper\'s best '
-             f'parameter-statistics scheme: {PAPER_STATS_BEST}</text></svg>')
+        fill = "#888" if ref else ["#4c72b0", "#dd8452", "#55a868"][min(m["tables"]) - 1]
+        s.append(f'<text x="254" y="{y + 15}" text-anchor="end">{escape(m["label"])}</text><rect '
+                 f'class="bar" x="{x0:.1f}" y="{y + 4}" width="{x1 - x0:.1f}" height="14" fill='
+                 f'"{fill}"/><text x="{tx:.1f}" y="{y + 15}" text-anchor="{anchor}">'
+                 f'{"n/a" if p is None else _f(p, 0) + "%"}</text>')
+        px = x(float(PUBLISHED.get(k, "0%")[:-1]))  # the paper's figure
+        s += [f'<line class="paper" x1="{px:.1f}" y1="{y + 1}" x2="{px:.1f}" y2="{y + 21}" '
+              'stroke="black" stroke-width="3"/>'] * (k in PUBLISHED and not ref)
+    s.append(f'<text x="260" y="{end + 30}">black ticks: paper (LIME 67%, Set 65%); paper\'s best '
+             f'parameter-statistics scheme: {PUBLISHED_STATS_BEST}</text></svg>')
     return "\n".join(s) + "\n"
-
 
 def main(argv):
     cfg = get_config(argv)
     s, cells = SCALES[cfg.scale], build_cells(cfg)
     if cfg.dry_run:  # the grid and its exact commands, e.g. to check settings before a long run
-        print("\n".join(f"{c.id:<45} {' '.join(c.cmd)}" for c in cells))
         n_pt = sum(c.kind == "pretrain" for c in cells)
-        print(f"{len(cells)} cells: {n_pt} pre-training, {len(cells) - n_pt} fine-tuning -> {cfg.out}")
+        print("\n".join([f"{c.id:<45} {' '.join(c.cmd)}" for c in cells] + [f"{len(cells)} cells: "
+              f"{n_pt} pre-training, {len(cells) - n_pt} fine-tuning -> {cfg.out}"]))
         return 0
-    if cfg.report_only:  # e.g. from a second terminal while the grid runs; results.json is the run's
+    if cfg.report_only:  # e.g. from a second terminal while the grid runs; results.json: the run's
         summary = summarize([_record(c) for c in cells], s["metric"])
     else:
         check_inputs(cfg)  # before any cell, not once per failing cell
         if s["tokenizer"]:  # made once here, not by two cells racing to train it
-            get_tokenizer(cfg.data_dir, s["tokenizer"]["size"], s["tokenizer"]["path"], natural_only=True)
+            get_tokenizer(cfg.data_dir, s["tokenizer"]["size"], s["tokenizer"]["path"],
+                          natural_only=True)
         os.makedirs(cfg.out, exist_ok=True)
-        threads = max(1, (os.cpu_count() or 1) // cfg.jobs) if cfg.jobs > 1 else 0  # 0: the child's
-        records = run_cells(cells, lambda c, log: subprocess_runner(c, log, threads), cfg.fail_fast,
-                            os.path.join(cfg.out, "run.log"), cfg.jobs)
+        threads = max(1, (os.cpu_count() or 1) // cfg.jobs) if cfg.jobs > 1 else 0  # 0: its own
+        records = run_cells(cells, lambda c, log: subprocess_runner(c, log, threads),
+                            cfg.fail_fast, os.path.join(cfg.out, "run.log"), cfg.jobs)
         summary = summarize(records, s["metric"])
         # results.json holds every number: summary, settings and each cell's full result.json
-        config.write_json(os.path.join(cfg.out, "results.json"),
-                          dict(summary, scale=cfg.scale, settings=s, args=asdict(cfg), records=records))
+        config.write_json(os.path.join(cfg.out, "results.json"), dict(
+            summary, scale=cfg.scale, settings=s, args=asdict(cfg), records=records))
     for name, text in {**render_tables(summary), "benefit.svg": render_svg(summary)}.items():
         config.atomic_write(os.path.join(cfg.out, name), text)
     print(f"wrote tables, benefit.svg{'' if cfg.report_only else ' and results.json'} to {cfg.out}")
-    return 1 if summary["errors"] else 0  # non-zero when any cell failed, after writing what finished
-
+    return 1 if summary["errors"] else 0  # non-zero when a cell failed, after writing what finished
 
 if __name__ == "__main__":
     config.main(lambda argv: sys.exit(main(argv)))  # exit status 1 when a cell failed
