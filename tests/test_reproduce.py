@@ -1,10 +1,11 @@
-"""Tests for reproduce.py's runner logic on a tiny grid with a fake runner (no training; < 2 s).
+"""Tests for reproduce.py: the grid, the runner (a fake one: no training), the numbers, the reports.
 
 Run: python -m pytest -q tests/test_reproduce.py
 """
 import json
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -18,7 +19,7 @@ import reproduce as R  # noqa: E402
 
 
 class FakeRunner:
-    """Stands in for subprocess_runner: writes a result.json like the child would, and counts calls."""
+    """Stands in for subprocess_runner: writes a result.json as the child would; counts calls."""
 
     def __init__(self, fail=()):
         self.calls, self.fail, self.threads = [], set(fail), set()
@@ -32,17 +33,25 @@ class FakeRunner:
         out = Path(cell.out_dir)
         if cell.kind == "pretrain":
             (out / "ckpt_best.pt").write_bytes(b"fake")
-            res = dict(task=cell.meta["source"], best_val_token_acc=0.9, val_exact_match=0.5, wall_s=1.0)
+            res = dict(task=cell.meta["source"], best_val_token_acc=0.9, val_exact_match=0.5,
+                       wall_s=1.0)
         else:  # a made-up but deterministic score per method, task and seed
-            score = 10.0 + 3 * len(cell.meta["method"]) + cell.meta["seed"] + (5 if cell.meta["task"] == "mtop" else 0)
-            res = dict(task=cell.meta["task"], score=score, best_val_token_acc=score / 100, wall_s=2.0)
+            m = cell.meta
+            score = 10.0 + 3 * len(m["method"]) + m["seed"] + (5 if m["task"] == "mtop" else 0)
+            res = dict(task=m["task"], score=score, best_val_token_acc=score / 100, wall_s=2.0)
         (out / "result.json").write_text(json.dumps(res))
         return 0
 
 
 def grid(tmp_path, *flags):
-    args = R.parse_args(["--scale=cpu", f"--out={tmp_path / 'out'}", "--data_dir=D", *flags])
-    return R.build_cells(R.SCALES["cpu"], args)
+    argv = ["--scale=cpu", f"--out={tmp_path / 'out'}", "--data_dir=D", *flags]
+    return R.build_cells(R.get_config(argv))
+
+
+def data_dir(tmp_path, *names):  # a data folder holding the given task folders
+    for n in names:
+        (tmp_path / "data" / n).mkdir(parents=True)
+    return str(tmp_path / "data")
 
 
 def test_rerun_skips_finished_cells(tmp_path):
@@ -68,7 +77,7 @@ def test_killed_cell_is_rerun_from_scratch(tmp_path):
 
 
 def test_fresh_checkout_without_checkpoints_reruns_only_pretraining(tmp_path):
-    """results/ is committed without .pt files: finished fine-tuning cells stay, pre-training re-runs."""
+    """results/ is committed without .pt files: fine-tuning stays done, pre-training re-runs."""
     cells = grid(tmp_path, "--tasks=mtop", "--tables=1", "--extra_tasks=")
     R.run_cells(cells, FakeRunner())
     for c in cells:
@@ -83,8 +92,10 @@ def test_failure_is_recorded_dependents_skipped_others_run(tmp_path):
     cells = grid(tmp_path, "--tasks=mtop", "--tables=1")
     runner = FakeRunner(fail={"pt-lime"})
     records = {r["id"]: r for r in R.run_cells(cells, runner)}
-    assert "exit code 3" in records["pt-lime"]["error"] and "last words of pt-lime" in records["pt-lime"]["error"]
-    assert "skipped" in records["ft-lime-mtop-s0"]["error"] and "ft-lime-mtop-s0" not in runner.calls
+    err = records["pt-lime"]["error"]
+    assert "exit code 3" in err and "last words of pt-lime" in err
+    assert "skipped" in records["ft-lime-mtop-s0"]["error"]
+    assert "ft-lime-mtop-s0" not in runner.calls
     assert records["ft-set-mtop-s0"]["result"] is not None  # the rest of the grid went on
     stop = FakeRunner(fail={"ft-random-mtop-s0"})
     R.run_cells(grid(tmp_path / "b", "--tasks=mtop", "--tables=1"), stop, fail_fast=True)
@@ -97,7 +108,7 @@ def test_dependency_order(tmp_path):
     R.run_cells(cells, runner)
     pos = {cid: i for i, cid in enumerate(runner.calls)}
     ft = [c for c in cells if c.kind == "finetune"]
-    for c in ft:  # every fine-tuning cell runs after the pre-training it loads (Table 1) or takes stats from (Table 2)
+    for c in ft:  # after the pre-training it loads (Table 1) or takes statistics from (Table 2)
         assert all(pos[d] < pos[c.id] for d in c.deps)
         init = next(a for a in c.cmd if a.startswith("--init="))
         if c.meta["source"] and c.meta["method"] != "natural":
@@ -105,17 +116,27 @@ def test_dependency_order(tmp_path):
     stats = [c for c in ft if c.meta["method"].startswith("stats-")]
     assert len(stats) == 3 * 4 * 2 * 2  # sources x schemes x tasks x seeds
     assert {c.meta["source"] for c in stats} == {"set", "lime", "identity"}
-    assert sum(c.kind == "pretrain" for c in cells) == 7  # natural + 5 Table 1 sources + sort, no duplicates
-    pt = {c.id: c.cmd for c in cells if c.kind == "pretrain"}  # LIME's per-source length override
-    assert "--max_len=128" in pt["pt-lime"] and "--max_len=24" in pt["pt-set"] and "--max_len=128" not in pt["pt-set"]
-    tok = f"--tokenizer={R.TOKENIZER_CPU['path']}"  # one tokenizer for every cell, so checkpoints load whole
-    assert all(c.cmd.count(tok) == 1 and sum(a.startswith("--tokenizer=") for a in c.cmd) == 1 for c in cells)
+    # natural + 5 Table 1 sources + sort, no duplicates
+    assert sum(c.kind == "pretrain" for c in cells) == 7
+    tok = f"--tokenizer={R.SCALES['cpu']['tokenizer']['path']}"  # one for all: checkpoints fit
+    assert all(c.cmd.count(tok) == 1 for c in cells)
+    assert all(sum(a.startswith("--tokenizer=") for a in c.cmd) == 1 for c in cells)
+    # a cell passes the recipe by name, its identity and the grid's budgets, nothing else
+    out = tmp_path / "out" / "runs"
+    pt = next(c for c in cells if c.id == "pt-lime")
+    assert pt.cmd == ["python", "pretrain.py", "--task=lime", f"--out_dir={out / 'pt-lime'}",
+                      "--seed=0", "--preset=cpu", "--data_dir=D", tok, "--max_steps=2000"]
+    ft = next(c for c in cells if c.id == "ft-lime-retrosynthesis-s1")
+    assert ft.cmd == ["python", "finetune.py", "--task=retrosynthesis",
+                      f"--init={out / 'pt-lime' / 'ckpt_best.pt'}", f"--out_dir={out / ft.id}",
+                      "--seed=1", "--preset=cpu", "--data_dir=D", tok, "--max_steps=400",
+                      "--eval_interval=200", "--n_test=200"]
     with pytest.raises(ValueError, match="comes after"):
         R.run_cells(list(reversed(cells)), FakeRunner())
 
 
 class SlowRunner(FakeRunner):
-    """A FakeRunner that takes a little time and records when each cell started and ended (thread-safe)."""
+    """A FakeRunner that takes a little time and records when each cell started and ended."""
 
     def __init__(self, fail=()):
         super().__init__(fail)
@@ -151,24 +172,70 @@ def test_parallel_jobs_respect_dependencies_and_the_cap(tmp_path):
 
 
 def test_eta_is_shared_by_parallel_jobs():
-    cells = [R.Cell(f"c{i}", "finetune", [], "x", meta=dict(eta_kind="finetune:mtop")) for i in range(4)]
+    cells = [R.Cell(f"c{i}", "finetune", [], "x", meta=dict(eta_kind="finetune:mtop"))
+             for i in range(4)]
     assert R._eta(cells, {"finetune:mtop": [60.0]}) == "0:04:00"
     assert R._eta(cells, {"finetune:mtop": [60.0]}, jobs=2) == "0:02:00"
 
 
-def test_bad_settings_raise_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown downstream"):
-        grid(tmp_path, "--tasks=mtop,imagenet")
-    with pytest.raises(ValueError, match="--tables"):
-        grid(tmp_path, "--tables=4")
-    with pytest.raises(ValueError, match="--jobs must be >= 1, got 0"):  # not silently the scale's default
-        R.main(["--scale=cpu", "--tasks=mtop", f"--out={tmp_path / 'j'}", "--data_dir=D", "--jobs=0"])
-    args = R.parse_args(["--scale=paper", "--tasks=mtop,cnndm_10k", "--t5_dir=T5"])
-    with pytest.raises(ValueError, match="--t5_v11_dir"):
-        R.build_cells(R.SCALES["paper"], args)
-    args = R.parse_args(["--scale=paper", "--tasks=mtop,cnndm_10k", "--t5_dir=T5", "--t5_v11_dir=V11", "--tables=3"])
-    inits = {c.meta["task"]: c.cmd for c in R.build_cells(R.SCALES["paper"], args) if c.meta["method"] == "natural"}
+@pytest.mark.parametrize("flag, match", [
+    ("--tasks=mtop,imagenet", "--tasks='mtop,imagenet': expected a comma list of mtop, webqsp"),
+    ("--tables=4", "--tables='4': expected a comma list of 1, 2, 3"),
+    ("--ln_values=abc", "--ln_values='abc': expected a comma list of numbers"),
+    ("--extra_tasks=sortt", "--extra_tasks='sortt'"),
+    ("--seeds=0", "--seeds=0 must be >= 1"),
+    ("--jobs=0", "--jobs=0 must be >= 1"),  # not silently the scale's default
+    ("--scale=gpu", "--scale='gpu' is not one of cpu, paper"),
+    ("--jobs=two", "--jobs=two: expected int"),
+])
+def test_bad_settings_are_user_errors_naming_the_key(tmp_path, flag, match):
+    with pytest.raises(R.config.UserError, match=re.escape(match)):
+        R.main(["--scale=cpu", f"--out={tmp_path}", flag])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_defaults_come_from_the_scale_and_help_works(capsys):
+    cpu, paper = R.get_config([]), R.get_config(["--scale=paper", "--seeds=3"])
+    assert (cpu.tasks, cpu.seeds, cpu.jobs, cpu.ln_values, cpu.out) == (
+        "mtop", 2, 2, "0.1,0.4,0.8", "results/cpu")
+    assert paper.tasks == ",".join(R.DOWNSTREAM) and paper.seeds == 3 and paper.jobs == 1
+    with pytest.raises(SystemExit):
+        R.get_config(["--scale=paper", "-h"])
+    assert "--tasks='mtop,webqsp,squad" in capsys.readouterr().out  # -h: the values that would run
+
+
+def test_paper_scale_checks_its_inputs_before_the_first_cell(tmp_path, monkeypatch):
+    runner = FakeRunner()
+    monkeypatch.setattr(R, "subprocess_runner", runner)
+    t5 = tmp_path / "t5"
+    t5.mkdir()
+    (t5 / "config.json").write_text("{}")
+    base = ["--scale=paper", "--tasks=mtop,cnndm_10k", "--tables=3", "--ln_values=0.4",
+            f"--out={tmp_path / 'o'}", f"--data_dir={data_dir(tmp_path, 'mtop')}"]
+    with pytest.raises(R.config.UserError, match=r"--t5_dir=DIR.*--t5_v11_dir=DIR") as e:
+        R.main(base)
+    missing = str(e.value).split("needs")[1]  # of the data, only cnndm_10k's folder is missing
+    assert "cnndm_10k" in missing and "mtop" not in missing
+    with pytest.raises(R.config.UserError, match=r"tokenizer.json, .*model.safetensors or pytorch"):
+        R.main(base + [f"--t5_dir={t5}", f"--t5_v11_dir={t5}"])
+    assert runner.calls == []  # no cell started
+    for f in ["tokenizer.json", "model.safetensors"]:
+        (t5 / f).write_text("x")
+    (tmp_path / "data" / "cnndm_10k").mkdir()
+    assert R.main(base + [f"--t5_dir={t5}", f"--t5_v11_dir={t5}"]) == 0 and runner.calls
+
+
+def test_paper_grid_uses_the_off_the_shelf_t5(tmp_path, capsys):
+    cfg = R.get_config(["--scale=paper", "--tasks=mtop,cnndm_10k", "--t5_dir=T5",
+                        "--t5_v11_dir=V11", "--tables=3"])
+    inits = {c.meta["task"]: c.cmd for c in R.build_cells(cfg) if c.meta["method"] == "natural"}
     assert "--init=hf:T5" in inits["mtop"] and "--init=hf:V11" in inits["cnndm_10k"]
+    assert all("--preset=paper" in c and "--tokenizer=T5/tokenizer.json" in c
+               for c in inits.values())
+    assert not any(a.startswith("--max_steps") for c in inits.values() for a in c)  # the preset's
+    # a dry run shows the grid before the checkpoints are downloaded
+    assert R.main(["--scale=paper", "--tables=3", f"--out={tmp_path}", "--dry_run=1"]) == 0
+    assert "--init=hf:<T5_V11_DIR>" in capsys.readouterr().out
 
 
 def test_percent_benefit_arithmetic():
@@ -179,7 +246,8 @@ def test_percent_benefit_arithmetic():
 
 
 def rec(method, task, seed, score, tables=(1,), source=None):
-    meta = dict(method=method, label=method.upper(), tables=list(tables), task=task, seed=seed, source=source)
+    meta = dict(method=method, label=method.upper(), tables=list(tables), task=task, seed=seed,
+                source=source)
     return dict(id=f"ft-{method}-{task}-s{seed}", kind="finetune", meta=meta, error=None,
                 result=dict(score=score, best_val_token_acc=score / 100))
 
@@ -188,7 +256,8 @@ def toy_records():
     """random 10/20, natural 30/60, lime 20±2.83/32 on mtop/retro: hand-computed below."""
     return [dict(id="pt-lime", kind="pretrain", meta=dict(source="lime"), error=None,
                  result=dict(best_val_token_acc=0.975, val_exact_match=0.5,
-                             baselines=dict(constant=dict(token_acc=0.25), copy=dict(token_acc=0.1)))),
+                             baselines=dict(constant=dict(token_acc=0.25),
+                                            copy=dict(token_acc=0.1)))),
             rec("random", "mtop", 0, 10, (1, 3)), rec("random", "retrosynthesis", 0, 20, (1, 3)),
             rec("natural", "mtop", 0, 30, (1, 3)), rec("natural", "retrosynthesis", 0, 60, (1, 3)),
             rec("lime", "mtop", 0, 18, source="lime"), rec("lime", "mtop", 1, 22, source="lime"),
@@ -199,34 +268,43 @@ def toy_records():
 def test_summarize_means_std_and_benefit():
     s = R.summarize(toy_records(), metric="score")
     lime = s["methods"]["lime"]
-    assert lime["per_task"]["mtop"]["mean"] == pytest.approx(20) and lime["per_task"]["mtop"]["n"] == 2
+    assert lime["per_task"]["mtop"]["mean"] == pytest.approx(20)
+    assert lime["per_task"]["mtop"]["n"] == 2
     assert lime["per_task"]["mtop"]["std"] == pytest.approx(math.sqrt(8))  # sample std of 18, 22
     assert lime["per_task"]["mtop"]["pct"] == pytest.approx(50)  # (20-10)/(30-10)
     assert lime["per_task"]["retrosynthesis"]["pct"] == pytest.approx(30)  # (32-20)/(60-20)
     assert lime["pct"] == pytest.approx(40)  # headline: mean of per-task percentages
     assert lime["avg"] == pytest.approx(26) and lime["pct_of_avg"] == pytest.approx(100 * 11 / 30)
-    assert lime["pretrain_acc"] == pytest.approx(97.5) and lime["pretrain_const"] == pytest.approx(25)
-    assert s["methods"]["random"]["pct"] == 0 and s["methods"]["natural"]["pct"] == pytest.approx(100)
+    assert lime["pretrain_acc"] == pytest.approx(97.5)
+    assert lime["pretrain_const"] == pytest.approx(25)
+    assert s["methods"]["random"]["pct"] == 0
+    assert s["methods"]["natural"]["pct"] == pytest.approx(100)
     acc = R.summarize(toy_records(), metric="best_val_token_acc")  # fractions are shown as %
     assert acc["methods"]["lime"]["per_task"]["retrosynthesis"]["mean"] == pytest.approx(32)
 
 
 def test_natural_equal_random_gives_na():
-    recs = [r for r in toy_records() if r["id"] != "ft-natural-mtop-s0"] + [rec("natural", "mtop", 0, 10, (1, 3))]
+    recs = [r for r in toy_records() if r["id"] != "ft-natural-mtop-s0"]
+    recs.append(rec("natural", "mtop", 0, 10, (1, 3)))
     s = R.summarize(recs, metric="score")
     assert s["methods"]["lime"]["per_task"]["mtop"]["pct"] is None
-    assert s["methods"]["lime"]["pct"] == pytest.approx(30) and s["methods"]["lime"]["pct_n_tasks"] == 1
+    lime = s["methods"]["lime"]
+    assert lime["pct"] == pytest.approx(30) and lime["pct_n_tasks"] == 1
     assert any("n/a" in n for n in s["notes"])
     assert "n/a" in R.render_tables(s)["table1.md"]
 
 
 def test_note_when_natural_minus_random_is_within_seed_spread():
-    recs = toy_records() + [rec("random", "mtop", 1, 12, (1, 3)), rec("natural", "mtop", 1, 14, (1, 3))]
-    notes = R.summarize(recs, metric="score")["notes"]  # mtop: random 11 ± 1.41, natural 22 ± 11.3 -> +11 < 12.7
-    assert any(n.startswith("mtop: natural - random = +11.00 is within the seeds' spread") for n in notes)
-    assert not any("spread" in n for n in R.summarize(toy_records(), metric="score")["notes"])  # one seed: unknown
-    recs = toy_records() + [rec("random", "mtop", 1, 11, (1, 3)), rec("natural", "mtop", 1, 31, (1, 3))]
-    assert not any("spread" in n for n in R.summarize(recs, metric="score")["notes"])  # +20.5 >> 0.71 + 0.71
+    notes = lambda recs: R.summarize(recs, metric="score")["notes"]
+    # mtop: random 11 ± 1.41, natural 22 ± 11.3 -> +11 < 12.7
+    recs = toy_records() + [rec("random", "mtop", 1, 12, (1, 3)), rec("natural", "mtop", 1, 14,
+                                                                      (1, 3))]
+    spread = "mtop: natural - random = +11.00 is within the seeds' spread"
+    assert any(n.startswith(spread) for n in notes(recs))
+    assert not any("spread" in n for n in notes(toy_records()))  # one seed: the spread is unknown
+    recs = toy_records() + [rec("random", "mtop", 1, 11, (1, 3)), rec("natural", "mtop", 1, 31,
+                                                                      (1, 3))]
+    assert not any("spread" in n for n in notes(recs))  # +20.5 >> 0.71 + 0.71
 
 
 def test_render_tables_contains_rows_and_numbers():
@@ -254,19 +332,36 @@ def test_main_end_to_end_with_fake_runner(tmp_path, monkeypatch):
     monkeypatch.setattr(R, "subprocess_runner", runner)
     # the shared tokenizer is made once, before any cell runs (here: recorded, not trained)
     monkeypatch.setattr(R, "get_tokenizer", lambda *a, **k: made.append((a, k, len(runner.calls))))
-    argv = ["--scale=cpu", "--tasks=mtop", "--tables=1,2,3", "--ln_values=0.4", f"--out={tmp_path}", "--data_dir=D"]
-    assert R.main(argv) == 0 and runner.calls
-    tok = R.TOKENIZER_CPU
-    assert made == [(("D", tok["size"], tok["path"]), {"natural_only": True}, 0)]
-    assert runner.threads == {max(1, os.cpu_count() // R.SCALES["cpu"]["jobs"])}  # parallel cells share the cores
+    data, out = data_dir(tmp_path, "mtop", "natural_text"), tmp_path / "out"
+    argv = ["--scale=cpu", "--tasks=mtop", "--tables=1,2,3", "--ln_values=0.4", f"--out={out}",
+            f"--data_dir={data}"]
+    assert R.main(argv) == 0 and len(runner.calls) == 46
+    tok = R.SCALES["cpu"]["tokenizer"]
+    assert made == [((data, tok["size"], tok["path"]), {"natural_only": True}, 0)]
+    # parallel cells share the cores
+    assert runner.threads == {max(1, os.cpu_count() // R.SCALES["cpu"]["jobs"])}
     for name in ["table1.md", "table2.md", "table3.md", "benefit.svg", "results.json", "run.log"]:
-        assert (tmp_path / name).exists(), name
-    assert "Paper: parameter statistics" in (tmp_path / "table2.md").read_text()
-    assert json.loads((tmp_path / "results.json").read_text())["methods"]["lime"]["pretrain_acc"] == 90.0
-    assert R.main(argv + ["--report_only"]) == 0 and R.main(argv + ["--dry_run"]) == 0
-    assert len(made) == 1  # reports and dry runs train nothing
+        assert (out / name).exists(), name
+    assert "Paper: parameter statistics" in (out / "table2.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert results["methods"]["lime"]["pretrain_acc"] == 90.0
+    assert all(isinstance(r["wall_s"], float) for r in results["records"])
+    names = ["table1.md", "table2.md", "table3.md", "benefit.svg"]
+    tables = {n: (out / n).read_text() for n in names}
+    assert R.main(argv + ["--dry_run=1"]) == 0 and len(made) == 1  # dry runs train nothing
+    for n in tables:
+        (out / n).unlink()
+    before = (out / "results.json").read_bytes()
+    assert R.main(argv + ["--report_only=1"]) == 0 and len(made) == 1 and len(runner.calls) == 46
+    assert (out / "results.json").read_bytes() == before  # the run's own, not rewritten
+    assert {n: (out / n).read_text() for n in names} == tables  # same results, same tables
+    again = FakeRunner()
+    monkeypatch.setattr(R, "subprocess_runner", again)
+    assert R.main(argv) == 0 and again.calls == []  # resumed: nothing left to run
+    # finished cells keep their own wall_s, not null
+    assert json.loads((out / "results.json").read_text())["records"][0]["wall_s"] == 2.0
 
 
 def test_table_numbers_never_show_minus_zero():
-    assert [R._f(x, n) for x, n in [(-0.0, 0), (-0.3, 0), (-0.04, 1), (-0.6, 0), (12.345, 1), (None, 1)]] == \
-        ["0", "0", "0.0", "-1", "12.3", "–"]
+    cases = [(-0.0, 0), (-0.3, 0), (-0.04, 1), (-0.6, 0), (12.345, 1), (None, 1)]
+    assert [R._f(x, n) for x, n in cases] == ["0", "0", "0.0", "-1", "12.3", "–"]
