@@ -274,9 +274,10 @@ def _start(cfg, rt, model, data, resume) -> SimpleNamespace:
     if resume is None:
         torch.manual_seed(cfg.seed + rt.rank)              # dropout stream, distinct per rank
     else:                                                  # weights, moments, data position, RNGs
-        need = ("optimizer", "step", "rng", "data", "best_token_acc", "best_step")
-        if any(k not in resume for k in need):
-            raise UserError(f"a checkpoint to resume has {', '.join(need)}: only train()'s do")
+        missing = [k for k in ("optimizer", "step", "rng", "data", "best_token_acc", "best_step")
+                   if k not in resume]
+        if missing:
+            raise UserError(f"the checkpoint to resume lacks {missing}: it is not train()'s")
         raw.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         if rt.scaler.is_enabled() and resume.get("scaler"):
