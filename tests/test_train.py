@@ -21,7 +21,7 @@ def adafactor_reference(w, grads, lr):
         g = g.astype(np.float64)
         beta2 = 1.0 - t ** -0.8
         g2 = g * g + 1e-30
-        if min(w.shape) >= 128:                            # factored: row and column means of grad^2
+        if min(w.shape) >= 128:                            # factored: row, column means
             r = (beta2 * r if r is not None else 0) + (1 - beta2) * g2.mean(axis=1)
             c = (beta2 * c if c is not None else 0) + (1 - beta2) * g2.mean(axis=0)
             vhat = np.outer(r, c) / r.mean()
