@@ -48,8 +48,9 @@ def usage(cfg, doc: str = "") -> str:
         if is_dataclass(klass):
             src = inspect.getsource(klass)
             comments.update(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", src, re.M))
+    own = vars(type(cfg)).get("__annotations__", {})       # the script's own settings first
     rows = [f"  {f'--{f.name}={getattr(cfg, f.name)!r}':<34} {comments.get(f.name, '')}"
-            for f in fields(cfg)]
+            for f in sorted(fields(cfg), key=lambda f: f.name not in own)]
     head = doc.strip().splitlines()[0] if doc.strip() else ""
     return "\n".join([head, "settings (--key=value):", *rows])
 

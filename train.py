@@ -186,7 +186,8 @@ def setup_runtime(cfg: TrainConfig) -> SimpleNamespace:
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"   # one GPU per process
             torch.cuda.set_device(device)
         if not dist.is_initialized():                      # long timeout: rank 0 evaluates alone
-            dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(hours=2))
+            dist.init_process_group("nccl" if kind == "cuda" else "gloo",
+                                    timeout=timedelta(hours=2))
     if kind == "cpu":
         keep_freed_memory()                                # see the end of this file
         if cfg.threads > 0:    # a small model gains little from a 2nd thread, and on a busy
@@ -245,8 +246,9 @@ def train(cfg: TrainConfig, model, train_data, eval_fn, *, resume=None, log_extr
             if run.step % cfg.log_interval and run.step < cfg.max_steps:
                 continue
             (dt, n, loss, tokens, flops), meter = meter, np.zeros(5)   # averages over the interval
-            rec = dict(step=run.step, loss=loss / n, lr=lr, grad_norm=grad_norm, ms_per_step=1000 *
-                       dt / n, tok_per_s=tokens * rt.world / dt, mfu=flops / dt / peak)
+            rec = dict(step=run.step, loss=loss / n, lr=lr, grad_norm=grad_norm,
+                       ms_per_step=1000 * dt / n, tok_per_s=tokens * rt.world / dt,
+                       mfu=flops / dt / peak)
             pbar.set_postfix(loss=f"{rec['loss']:.4f}")
             if rt.master:
                 tqdm.write(f"step {run.step:>6} | loss {rec['loss']:.4f} | lr {lr:.2e} | grad_norm "

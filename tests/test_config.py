@@ -79,6 +79,7 @@ def test_help_prints_the_values_that_would_run_with_inherited_comments(capsys):
     assert e.value.code == 0 and out.startswith("The tool.\n")
     assert "--steps=50" in out and "--lr=0.5" in out                    # the preset's values
     assert "the learning rate" in out and "how many" in out             # both classes' comments
+    assert out.splitlines()[2].startswith("  --preset='big'")           # the subclass's first
 
 
 def test_atomic_write_and_write_json(tmp_path):
