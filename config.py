@@ -1,12 +1,11 @@
 """config.py: the one way every script is configured, and the one atomic file write.
 
-Every script takes `--key=value` settings onto a dataclass: `parse(Config, argv)` types each value from
-the field's annotation, rejects unknown keys (listing the valid ones) and answers `-h` with every setting
-and the value that would run. A `--preset=NAME` is applied first, then the rest of the command line.
-`UserError` is a mistake in what the user gave us; `main()` prints it as one line, without a traceback.
+Every script takes `--key=value` settings onto a dataclass: `parse(Config, argv)` types each value
+from the field's annotation, rejects unknown keys (listing the valid ones) and answers `-h` with
+every setting and the value that would run. A preset is applied first, then the command line.
+`UserError` is a mistake in what the user gave us; `main()` prints it as one line, no traceback.
 
-Reading order: model.py, tokenizer.py, tasks.py, config.py (here), train.py, pretrain.py, finetune.py,
-stats_init.py, metrics.py, reproduce.py, bench.py. Next: train.py.
+Reading order: model.py, tokenizer.py, tasks.py, config.py (here), train.py, ... Next: train.py.
 """
 import ast
 import inspect
@@ -15,7 +14,7 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import fields, replace
+from dataclasses import fields, is_dataclass, replace
 
 # where every script looks for data unless told (--data_dir): the DATA_DIR variable, else ./data
 DATA_DIR = os.environ.get("DATA_DIR", "data")
@@ -26,15 +25,15 @@ class UserError(ValueError):
 
 
 def _convert(f, raw: str):
-    """One `--key=value`: literal_eval, checked against the field's type (an int passes as a float)."""
+    """One `--key=value`: literal_eval, checked against the field's type (an int may be a float)."""
     if f.type is bool and raw.lower() in ("true", "false", "1", "0"):
         return raw.lower() in ("true", "1")
+    if f.type is str:
+        return raw                                         # --out_dir=2024 stays the string "2024"
     try:
         val = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
-        val = raw                                          # a bare string such as --task=set
-    if f.type is str:
-        return raw                                         # --out_dir=2024 stays the string "2024"
+        val = raw
     val = float(val) if f.type is float and type(val) is int else val
     if type(val) is not f.type:
         raise UserError(f"--{f.name}={raw}: expected {f.type.__name__}, got {type(val).__name__}")
@@ -42,18 +41,26 @@ def _convert(f, raw: str):
 
 
 def usage(cfg, doc: str = "") -> str:
-    """The first docstring line, then every field with the value it would run with and its comment."""
-    comments = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(type(cfg)), re.M))
-    rows = [f"  {f'--{f.name}={getattr(cfg, f.name)!r}':<34} {comments.get(f.name, '')}" for f in fields(cfg)]
-    return "\n".join([doc.strip().splitlines()[0] if doc.strip() else "", "settings (--key=value):", *rows])
+    """The first docstring line, then every field with the value it would run with and its comment
+    (the `# ...` after the field, in its class or in a dataclass it inherits from)."""
+    comments = {}
+    for klass in reversed(type(cfg).__mro__):
+        if is_dataclass(klass):
+            src = inspect.getsource(klass)
+            comments.update(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", src, re.M))
+    own = vars(type(cfg)).get("__annotations__", {})       # the script's own settings first
+    rows = [f"  {f'--{f.name}={getattr(cfg, f.name)!r}':<34} {comments.get(f.name, '')}"
+            for f in sorted(fields(cfg), key=lambda f: f.name not in own)]
+    head = doc.strip().splitlines()[0] if doc.strip() else ""
+    return "\n".join([head, "settings (--key=value):", *rows])
 
 
 def parse(cls, argv, presets=None, doc: str = ""):
-    """An instance of the dataclass `cls` from `--key=value` arguments.
+    """An instance of the dataclass `cls` from `--key=value` arguments; `-h` prints usage(), exits.
 
-    presets: {name: {field: value}} selected by the `preset` field, or a function of the parsed config
-    (e.g. of its preset and task) returning that dict. Preset values are applied before the command line.
-    """
+    presets: {name: {field: value}} selected by the `preset` field, or a function of the config the
+    command line gives (e.g. of its preset and task) returning that dict, or raising UserError.
+    Preset values are applied first, then the command line."""
     by_name, kv = {f.name: f for f in fields(cls)}, {}
     for a in argv:
         if a in ("-h", "--help"):
@@ -90,7 +97,7 @@ def check_range(name: str, value, lo=None, hi=None) -> None:
 def atomic_write(path: str, write) -> None:
     """Write a file through a temporary one beside it and os.replace: nobody ever sees half a file.
 
-    write: bytes, str, or a function taking the temporary path (e.g. lambda p: torch.save(obj, p))."""
+    write: bytes, str, or a function of the temporary path (e.g. lambda p: torch.save(obj, p))."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
@@ -101,7 +108,7 @@ def atomic_write(path: str, write) -> None:
         else:
             with open(tmp, "wb") as f:
                 f.write(write.encode() if isinstance(write, str) else write)
-        os.chmod(tmp, 0o644)                               # mkstemp makes it private; results are shared
+        os.chmod(tmp, 0o644)                               # mkstemp's is private; results are not
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -113,8 +120,10 @@ def write_json(path: str, obj, indent=1) -> None:
 
 
 def main(fn) -> None:
-    """Run `fn(sys.argv[1:])`; a UserError (or a missing file) ends it with one line and exit code 2."""
+    """Run `fn(sys.argv[1:])`; a UserError (or a missing file) ends it with one line, exit code 2.
+    Any other exception is a bug and keeps its traceback."""
     try:
         fn(sys.argv[1:])
     except (UserError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

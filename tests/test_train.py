@@ -1,0 +1,113 @@
+"""train.py's pieces: Adafactor against a hand-computed step, the schedule, the setting checks,
+the checkpoint loader's errors. The loop itself runs through pretrain.py: tests/test_pretrain.py."""
+import math
+import os
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from config import UserError
+from train import Adafactor, TrainConfig, check_train_config, get_lr, load_checkpoint, micro_batch
+from train import save_checkpoint
+
+
+def adafactor_reference(w, grads, lr):
+    """T5's Adafactor written out with plain numpy float64, one step per gradient."""
+    w = w.astype(np.float64)
+    r = c = v = None
+    for t, g in enumerate(grads, start=1):
+        g = g.astype(np.float64)
+        beta2 = 1.0 - t ** -0.8
+        g2 = g * g + 1e-30
+        if min(w.shape) >= 128:                            # factored: row, column means
+            r = (beta2 * r if r is not None else 0) + (1 - beta2) * g2.mean(axis=1)
+            c = (beta2 * c if c is not None else 0) + (1 - beta2) * g2.mean(axis=0)
+            vhat = np.outer(r, c) / r.mean()
+        else:
+            v = (beta2 * v if v is not None else 0) + (1 - beta2) * g2
+            vhat = v
+        u = g / np.sqrt(vhat)
+        u = u / max(1.0, math.sqrt((u * u).mean()) / 1.0)  # update clipping at RMS 1
+        w = w - lr * max(math.sqrt((w * w).mean()), 1e-3) * u
+    return w
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (128, 256)])
+def test_adafactor_matches_hand_computed_steps(shape):
+    rng = np.random.default_rng(0)
+    ws = [rng.normal(size=shape).astype(np.float32) for _ in range(2)]   # same shape: one stack
+    ws[1] *= 1e-5                                          # RMS below eps2: the 1e-3 floor
+    grads = [[rng.normal(size=shape).astype(np.float32) * s for s in (1.0, 3.0, 0.1)] for _ in ws]
+    grads[0][1][0, 0] = 50.0                               # a spike: update clipping
+    ps = [torch.nn.Parameter(torch.from_numpy(w.copy())) for w in ws]
+    opt = Adafactor(ps, lr=0.01)
+    for step in range(3):
+        for p, g in zip(ps, grads):
+            p.grad = torch.from_numpy(g[step])
+        opt.step()
+    for p, w, g in zip(ps, ws, grads):                     # the total update, float32 vs float64
+        want = adafactor_reference(w, g, 0.01) - w
+        np.testing.assert_allclose(p.detach().numpy() - w, want, rtol=1e-4,
+                                   atol=1e-4 * np.abs(want).max())
+    assert ("v_row" in opt.state[ps[0]]) == (shape == (128, 256))   # factored if both dims >= 128
+
+
+def test_lr_schedule():
+    paper = TrainConfig(lr=0.01, warmup_steps=10000)       # 1/sqrt(max(step, 10000))
+    assert get_lr(0, paper) == pytest.approx(0.01) and get_lr(9999, paper) == pytest.approx(0.01)
+    assert get_lr(40000, paper) == pytest.approx(1 / math.sqrt(40000))
+    assert get_lr(400, TrainConfig(lr=0.003, warmup_steps=100)) == pytest.approx(0.0015)
+    assert get_lr(123, TrainConfig(lr=1e-3, lr_schedule="constant")) == 1e-3
+
+
+def test_micro_batch_size_0_is_the_whole_batch_of_each_process():
+    cfg = TrainConfig(batch_size=32)
+    assert cfg.micro_batch_size == 0 and micro_batch(cfg) == 32 and micro_batch(cfg, 2) == 16
+    assert micro_batch(replace(cfg, micro_batch_size=8), 2) == 8
+    check_train_config(cfg, 2)
+    check_train_config(replace(cfg, micro_batch_size=8), 2)   # 2 micro-steps on each of 2
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(lr=-1.0), r"--lr=-1\.0 must be in \(0, 1\]"),
+    (dict(lr=0.0), r"--lr=0\.0 must be in \(0, 1\]"),
+    (dict(lr=2.0), r"--lr=2\.0 must be in \(0, 1\]"),
+    (dict(max_steps=0), r"--max_steps=0 must be >= 1"),
+    (dict(warmup_steps=0), r"--warmup_steps=0 must be >= 1"),
+    (dict(eval_batches=0), r"--eval_batches=0 must be >= 1"),
+    (dict(src_len=0), r"--src_len=0 must be >= 1"),
+    (dict(grad_clip=-1.0), r"--grad_clip=-1\.0 must be >= 0"),
+    (dict(z_loss=-1e-4), r"--z_loss=-0\.0001 must be >= 0"),
+    (dict(micro_batch_size=-2), r"--micro_batch_size=-2 must be >= 0"),
+    (dict(micro_batch_size=5), r"--batch_size=32 is not divisible by micro_batch_size 5 x 1"),
+    (dict(batch_size=1), r"--batch_size=1 is not divisible by micro_batch_size 0 x 2"),
+    (dict(optimizer="sgd"), r"--optimizer='sgd' is not one of adafactor, adamw"),
+    (dict(lr_schedule="cosine"), r"--lr_schedule='cosine' is not one of rsqrt, constant"),
+    (dict(dtype="fp8"), r"--dtype='fp8' is not one of bfloat16, float32, float16"),
+])
+def test_bad_loop_settings_are_user_errors(change, message):
+    with pytest.raises(UserError, match=message):
+        check_train_config(replace(TrainConfig(), **change), world=2 if "batch_size" in change
+                           else 1)
+
+
+def test_load_checkpoint_errors_are_one_line_and_name_the_file(tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint(dict(model={}, model_config={}, step=3), str(good))
+    assert load_checkpoint(str(good))["step"] == 3 and os.listdir(tmp_path) == ["good.pt"]
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(1000))
+    (tmp_path / "text.pt").write_bytes(b"not a checkpoint at all")
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:300])
+    torch.save(dict(weights={}), tmp_path / "other.pt")
+    cases = [("nope.pt", r"nope\.pt does not exist"), ("empty.pt", r"empty\.pt is empty$"),
+             ("random.pt", r"random\.pt is not a torch checkpoint \(unreadable: \w+"),
+             ("text.pt", r"text\.pt is not a torch checkpoint \(unreadable: "),
+             ("cut.pt", r"cut\.pt is not a torch checkpoint \(unreadable: RuntimeError: "),
+             ("other.pt", r"other\.pt lacks \['model', 'model_config'\]")]
+    for name, message in cases:
+        with pytest.raises(UserError, match=message) as e:
+            load_checkpoint(str(tmp_path / name))
+        assert "\n" not in str(e.value) and "weights_only" not in str(e.value)
