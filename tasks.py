@@ -1,21 +1,17 @@
 """tasks.py: every synthetic pre-training task of the paper, as a seeded and fast example generator.
 
-The 18 simple tasks (the paper's Section 3.1), LIME (3.2), nonsense summarisation (3.3, Appendix A)
-and the nesting-dependency language (3.4); T5 span corruption (of that language and of the natural
-text baseline, <data_dir>/natural_text/); mixtures 'a+b+c'; deterministic streams; batching.
-    python tasks.py --task=set --n=3   # print examples (-h: the settings)
-    python tasks.py --bench=True       # examples/s of each task on one core
+The simple tasks, LIME, nonsense summarisation and the nesting language (the paper's Sections
+3.1-3.4, Appendix A); T5 span corruption (of that language, and of natural_text/ for the natural
+baseline); mixtures 'a+b'; deterministic streams; batching. Run: python tasks.py --task=set --n=3
+prints examples, --bench=True examples/s per task (-h: the settings).
 Our choices where the original is unverified or accidental:
-* Content ids are 2..n-101 (T5: 2..31999): all but pad, eos and the sentinels; unk=2 stays, as the
-  original drew it. n_task_tokens keeps the first n of them (random-token tasks only).
-* Without a tokenizer a word (task name, yes/no, digit, nonsense word) is its index in WORDS,
-  wrapped onto 3..n-101; at n=32100 task names and yes/no take T5's ids; numbers are one token
-  per decimal digit (T5's ids for them are not known).
-* Union and friends list their output, and LIME its rule variables, in first-occurrence order
-  (the original: Python set order).
+* Content ids are 2..n-101 (T5: 2..31999): unk=2 is one, as the original drew it; n_task_tokens
+  keeps the first n (random-token tasks only).
+* Without a tokenizer a word (task name, yes/no, digit, nonsense word) is its index in WORDS
+  wrapped onto 3..n-101; at n=32100 names and yes/no take T5's ids; a number is a token per digit.
+* Union and friends, and LIME's rule variables, come in first-occurrence order (not set order).
 * Nesting language: types map to content ids from 3 up (unk skipped), head 2t, dependent 2t+1;
-  sentence lengths follow Ri & Tsuruoka's empirical Wikipedia-en table; chunks of the sentence
-  stream are span-corrupted.
+  sentence lengths follow Ri & Tsuruoka's Wikipedia-en table; the sentence stream is chunked.
 * Nonsense summaries are " ".join(lines).lower(), as the original's data reader builds them.
 * natural: windows start at a uniformly random character and run on into the next documents.
 Reading order: model.py, tokenizer.py, tasks.py (here), config.py, ... Next: config.py.
@@ -35,36 +31,25 @@ import torch
 import config
 from tokenizer import Vocab, load_tokenizer
 
-EOS, T5_SIZE = Vocab.eos_id, 32100  # at T5's size and with no tokenizer, T5's ids for names, yes/no
-T5_YES, T5_NO = [4273], [150]  # "▁yes", "▁no"
-LIME_MODES = ("induct", "deduct", "abduct")
+EOS, T5_SIZE = Vocab.eos_id, 32100  # at T5's size and without a tokenizer: T5's ids for names
+T5_YES, T5_NO, LIME_MODES = [4273], [150], ("induct", "deduct", "abduct")  # "▁yes", "▁no"
 
 
 def content_ids(vocab, n_task_tokens=None):
-    """Ids a task may draw as random content: unk=2 .. n-101 (T5: 2..31999), unk as the original."""
+    """Random content ids: unk=2 .. n-101 (T5: 2..31999), the first n_task_tokens of them if set."""
     ids = list(range(vocab.unk_id, vocab.size - vocab.num_sentinels))
     if n_task_tokens is not None and not 1 <= n_task_tokens <= len(ids):
-        raise ValueError(f"n_task_tokens={n_task_tokens} must be in 1..{len(ids)} for vocabulary "
-                         f"size {vocab.size}")
-    return ids[:n_task_tokens]  # the vocabulary ablation: the first n content ids only
+        raise ValueError(f"n_task_tokens={n_task_tokens} is not in 1..{len(ids)} (n={vocab.size})")
+    return ids[:n_task_tokens]
 
 
-def word_id(word, vocab):
-    """Our choice without a tokenizer: 3 + (index in WORDS) mod (n-103), so within 3..n-101."""
+def word_id(word, vocab):  # our choice without a tokenizer: 3 + (index in WORDS) mod (n-103)
     return 3 + _WORD_INDEX[word] % (vocab.size - vocab.num_sentinels - 3)
 
 
-def _pos_partition(rng, n, k):
-    """multinomial(n-k, uniform over k) + 1, every part >= 1: (7, 3) -> e.g. [2, 4, 1]."""
-    parts = [1] * k
-    for j in rng.choices(range(k), k=n - k):  # n-k balls into k uniform bins
-        parts[j] += 1
-    return parts
-
-
 def _index(a, b):
-    """First i with a[i:i+len(b)] == b, else -1, by a C-level search of the int32 bytes (~10x a
-    Python loop); hits not aligned to a token are skipped."""
+    """First i with a[i:i+len(b)] == b, else -1: a C-level search of the int32 bytes (~10x a Python
+    loop), skipping hits not aligned to a token."""
     A, B = array("i", a).tobytes(), array("i", b).tobytes()
     i = A.find(B)
     while i > 0 and i % 4:
@@ -73,9 +58,9 @@ def _index(a, b):
 
 
 class Gen:
-    """What a task's generators share: the length range lo..hi, the content ids V, the special
-    ids, words as ids. Its methods are the generators: a simple task's gives (a, b or None,
-    target), its body being a or a + [<extra_id_2>] + b (the examples are on small inputs)."""
+    """A task's settings (lengths lo..hi, content ids V, special ids, words as ids) and its
+    generators. A simple task's gives (a, b or None, target): the body is a or a + [<extra_id_2>]
+    + b (the examples are on small inputs)."""
 
     def __init__(self, vocab, tokenizer, lo, hi, n_task_tokens):
         self.vocab, self.tok, self.lo, self.hi = vocab, tokenizer, lo, hi
@@ -97,17 +82,18 @@ class Gen:
         ids = self.tok.encode(str(n))  # the original dropped a lone leading '▁'; we a blank piece
         return ids[1:] if len(ids) > 1 and not self.tok.decode(ids[:1]).strip() else ids
 
-    def runs(self, rng, n, types, shuffle):  # types[j] repeated part_j times
-        a = [t for t, m in zip(types, _pos_partition(rng, n, len(types))) for _ in range(m)]
-        if shuffle:
-            rng.shuffle(a)
-        return a
+    def partition(self, rng, n, k):  # multinomial(n-k, uniform over k) + 1: (7, 3) -> [2, 4, 1]
+        parts = [1] * k
+        for j in rng.choices(range(k), k=n - k):
+            parts[j] += 1
+        return parts
+
+    def runs(self, rng, n, types):  # types[j] repeated part_j times
+        return [t for t, m in zip(types, self.partition(rng, n, len(types))) for _ in range(m)]
 
     def query(self, rng, p_neg):
-        """(a, q): q occurs r >= 1 times in a (the original's generate_at_least_one_
-        query_in_seq_data, 0.5): q=[4, 5], r=2, gaps=[1, 0, 1] -> a=[9, 4, 5, 4, 5, 8]; with p_neg
-        q does not occur (generate_no_query_in_seq_data): resampled, as the original, while the string of
-        q's ids is in a's (slightly stricter than a token-level test)."""
+        """(a, q), q in a r >= 1 times (q=[4, 5], r=2, gaps=[1, 0, 1] -> a=[9, 4, 5, 4, 5, 8]), or
+        with p_neg not: resampled, as the original, while the string of q's ids is in a's."""
         if rng.random() <= p_neg:
             if rng.random() < 0.01:  # 1%: a query longer than the sequence
                 q = self.rand(rng, qlen := rng.randint(min(self.lo + 1, self.hi), self.hi))
@@ -131,28 +117,25 @@ class Gen:
         a = self.rand(rng, rng.randint(self.lo, self.hi))
         return a, None, out(a)
 
-    def set_op(self, rng, out):
-        """tot~U{lo-1..hi-1}, n1~U{0..tot}; a and b draw from a pool of tot//2 ids: they overlap."""
+    def set_op(self, rng, out):  # a and b draw from a pool of tot//2 ids, so they overlap
         tot = rng.randint(self.lo - 1, self.hi - 1)  # -1: the argument separator
         n1 = rng.randint(0, tot)  # a may be empty (then union = b, intersect = empty)
         pool = rng.sample(self.V, min(tot // 2, len(self.V)))  # clamped for a tiny n_task_tokens
         a, b = rng.choices(pool, k=n1), rng.choices(pool, k=tot - n1)
         return a, b, out(a, b)
 
-    def set(self, rng):  # k~U{1..n} types, parts [3, 2, 1], shuffled [9, 7, 9, 5, 7, 9] -> [9, 7, 5]
-        n = rng.randint(self.lo, self.hi)
-        a = self.runs(rng, n, self.rand(rng, rng.randint(1, n)), shuffle=True)
+    def set(self, rng, dedup=False):  # k~U{1..n} types in runs [9, 9, 9, 7, 7, 5], shuffled
+        n = rng.randint(self.lo, self.hi)  # [9, 7, 9, 5, 7, 9] -> [9, 7, 5]; dedup keeps the runs:
+        a = self.runs(rng, n, self.rand(rng, rng.randint(1, n)))  # [5, 9, 9, 7, 9] -> [5, 9, 7, 9]
+        if dedup:
+            return a, None, [t for i, t in enumerate(a) if i == 0 or a[i - 1] != t]
+        rng.shuffle(a)
         return a, None, list(dict.fromkeys(a))
-
-    def deduplicate(self, rng):  # as set, but the runs kept: [5, 9, 9, 9, 7, 9] -> [5, 9, 7, 9]
-        n = rng.randint(self.lo, self.hi)
-        a = self.runs(rng, n, self.rand(rng, rng.randint(1, n)), shuffle=False)
-        return a, None, [t for i, t in enumerate(a) if i == 0 or a[i - 1] != t]
 
     def longest_word(self, rng):  # [5, 9, D, 7, 8, D, 4, 3] -> [5, 9]: the first of the longest
         W = rng.randint(1, self.hi // 2)  # words, joined by D = <extra_id_1>
         m = rng.randint(max(self.lo - (W - 1), W), self.hi - (W - 1))  # non-divider tokens
-        lens, toks = _pos_partition(rng, m, W), self.rand(rng, m)  # one draw: iid all the same
+        lens, toks = self.partition(rng, m, W), self.rand(rng, m)  # one draw: iid all the same
         words = [toks[e - n:e] for n, e in zip(lens, itertools.accumulate(lens))]
         return [x for w in words for x in (self.div, *w)][1:], None, max(words, key=len)
 
@@ -176,8 +159,8 @@ class Gen:
     def sort(self, rng):  # by last index in b=[7, 5, 9, 5]: [5, 9, 7, 5] -> [7, 9, 5, 5]
         olen = rng.randint(min(self.lo // 2, (self.hi - 1) // 2), (self.hi - 1) // 2)
         b = self.rand(rng, olen)  # the order; it may repeat tokens
-        slen = rng.randint(olen, self.hi - 1 - olen)
-        a = self.runs(rng, slen, rng.choices(b, k=olen), shuffle=True)
+        a = self.runs(rng, rng.randint(olen, self.hi - 1 - olen), rng.choices(b, k=olen))
+        rng.shuffle(a)
         key = {t: i for i, t in enumerate(b)}  # later duplicates overwrite: the last index counts
         return a, b, sorted(a, key=key.__getitem__)
 
@@ -187,9 +170,7 @@ class Gen:
         v = rng.choice(self.V)  # may equal k: then the target is a itself
         return a, [k, v], [v if t == k else t for t in a]
 
-    def simple(self, name, prefix, rng):
-        """prefix + [<extra_id_0>] + body, resampled until lo <= len(body) <= hi (generate_example);
-        an empty output becomes [<extra_id_3>]."""
+    def simple(self, name, prefix, rng):  # resampled until lo <= len(body) <= hi, as the original
         for _ in range(100_000):  # bounded: an impossible length range fails instead of hanging
             a, b, out = SIMPLE[name][0](self, rng)
             body = a if b is None else a + [self.sep] + b
@@ -198,11 +179,10 @@ class Gen:
         raise RuntimeError(f"{name}: no body of length {self.lo}..{self.hi} in 100000 tries")
 
     def lime(self, rng, mode):
-        """A fresh alphabet of 24 upper (rule variables), 24 lower and 20 math ids; k~U{3..5}
-        variables drawn 2k times, e.g. rule = [A + B A * -], subst = [A : [ x y ] B : [ + z ]],
-        result = [x y + + z x y * -]. induct: rule from result and subst; deduct: result from
-        rule and subst; abduct: subst from rule and result. Input: <UPPER> variables <LOWER>
-        lower <MATH> math <sep>, then the two given parts joined by <sep>."""
+        """A fresh alphabet of 24 upper (variables), 24 lower and 20 math ids, k~U{3..5} variables
+        drawn 2k times: rule [A + B A * -], subst [A : [ x y ] B : [ + z ]], result [x y + + z x y
+        * -]. induct gives the rule for result and subst, deduct the result for rule and subst,
+        abduct the subst for rule and result; inputs start <UPPER> vars <LOWER> .. <MATH> .."""
         col, sep, upp, lbr, low, mth, rbr = (self.vocab.sentinel(99 - i) for i in range(7))
         for _ in range(1000):  # rejection sampling, as the original
             al = rng.sample(self.V, 68)  # 68 distinct ids (is_original_vocab_division)
@@ -230,9 +210,7 @@ class Gen:
         art, summ = nonsense_document(rng)
         return self.text(" ".join(art).lower()), self.text(" ".join(summ).lower())
 
-    def nesting(self, rng, ids, n_tokens):
-        """Sentences concatenated (no EOS), cut to n_tokens from a random offset of the first (as
-        T5's split_tokens chunks are), then span-corrupted."""
+    def nesting(self, rng, ids, n_tokens):  # sentences from a random offset, as T5's chunks
         first = nesting_sentence(rng, ids)
         toks = first[rng.randrange(len(first)):]
         while len(toks) < n_tokens:
@@ -245,27 +223,31 @@ def _distinct(xs, ys, keep_if_in):
     return [t for t in dict.fromkeys(xs) if (t in ys) == keep_if_in]
 
 
-SIMPLE = {  # name: (generator, the task prefix the original wrote, that prefix in T5's ids)
-    "identity": (lambda g, r: g.unary(r, lambda a: a), "copy", [2405]),  # [5, 9, 7] -> [5, 9, 7]
+# name: (generator, the task prefix the original wrote, that prefix in T5's ids). The unary tasks
+# on a=[5, 9, 7]: identity [5, 9, 7], duplicate [5, 5, 9, 9, 7, 7], reverse [7, 9, 5], first and
+# last token [5] and [7], length the tokens of "3"; the set operations on a=[5, 9, 5, 7] and
+# b=[7, 9, 8]: union [5, 9, 7, 8], intersect [9, 7], set1_minus_set2 [5], set2_minus_set1 [8].
+SIMPLE = {
+    "identity": (lambda g, r: g.unary(r, lambda a: a), "copy", [2405]),
     "set": (Gen.set, "set", [356]), "delete": (Gen.delete, "delete", [9268]),
     "sort": (Gen.sort, "sort", [1843]),
     "union": (lambda g, r: g.set_op(r, lambda a, b: list(dict.fromkeys(a + b))), "union", [7021]),
-    "replace": (Gen.replace, "replace", [3601]),  # set ops on a=[5, 9, 5, 7], b=[7, 9, 8]: union
-    "duplicate": (lambda g, r: g.unary(r, lambda a: [t for t in a for _ in (0, 1)]),  # [5, 9, 7, 8]
-                  "duplicate", [19197]),  # [5, 9, 7] -> [5, 5, 9, 9, 7, 7]
-    "intersect": (lambda g, r: g.set_op(r, lambda a, b: _distinct(a, b, True)),  # -> [9, 7]
-                  "intersect", [27806]),
-    "reverse": (lambda g, r: g.unary(r, lambda a: a[::-1]), "reverse", [7211]),  # -> [7, 9, 5]
-    "deduplicate": (Gen.deduplicate, "deduplicate", [20, 26, 413, 26221]),
+    "replace": (Gen.replace, "replace", [3601]),
+    "duplicate": (lambda g, r: g.unary(r, lambda a: [t for t in a for _ in (0, 1)]), "duplicate",
+                  [19197]),
+    "intersect": (lambda g, r: g.set_op(r, lambda a, b: _distinct(a, b, True)), "intersect",
+                  [27806]),
+    "reverse": (lambda g, r: g.unary(r, lambda a: a[::-1]), "reverse", [7211]),
+    "deduplicate": (lambda g, r: g.set(r, dedup=True), "deduplicate", [20, 26, 413, 26221]),
     "search": (Gen.search, "search", [960]),
     "longest_word": (Gen.longest_word, "longest_word", [14783, 834, 6051]),
-    "length": (lambda g, r: g.unary(r, lambda a: g.number(len(a))), "length", [2475]),  # "3"
+    "length": (lambda g, r: g.unary(r, lambda a: g.number(len(a))), "length", [2475]),
     "count": (Gen.count, "count", [3476]),
     "first_token": (lambda g, r: g.unary(r, lambda a: a[:1]), "first_char", [166, 834, 4059]),
     "last_token": (lambda g, r: g.unary(r, lambda a: a[-1:]), "last_char", [336, 834, 4059]),
-    "set1_minus_set2": (lambda g, r: g.set_op(r, lambda a, b: _distinct(a, b, False)),  # [5]
+    "set1_minus_set2": (lambda g, r: g.set_op(r, lambda a, b: _distinct(a, b, False)),
                         "set_1_minus_2", [356, 834, 536, 834, 14078, 834, 357]),
-    "set2_minus_set1": (lambda g, r: g.set_op(r, lambda a, b: _distinct(b, a, False)),  # [8]
+    "set2_minus_set1": (lambda g, r: g.set_op(r, lambda a, b: _distinct(b, a, False)),
                         "set_2_minus_1", [356, 834, 357, 834, 14078, 834, 536])}
 TASKS = list(SIMPLE) + ["lime", "lime_induct", "lime_deduct", "lime_abduct", "nonsense_summary",
                         "nesting_language", "natural"]
@@ -279,7 +261,7 @@ def _kw(tid, base):  # Appendix A.3: a keyword token is "__" + task id + "__" + 
 _L = "abcdefghijklmnopqrstuvwxyz"  # A.1: word i spells i in base 26, least significant first
 NONSENSE_WORDS = [_L[i % 26] + _L[i // 26 % 26] + _L[i // 676 % 26] for i in range(5000)]
 _KEY10, _NUM100 = [f"keyword_{i}" for i in range(10)], [str(i) for i in range(100)]
-_CLS9, _JOIN5 = [f"class_{c}_kw_{j}" for c in range(3) for j in range(3)], [f"join_{i}" for i in range(5)]
+_CLS9 = [f"class_{c}_kw_{j}" for c in range(3) for j in range(3)]
 _T_SPECS = [  # (task id, name, keyword bases) of the 16 transformations, in Appendix A.5's order
     ("d3", "CopyKeywordOneSentence", _KEY10), ("d4", "CopyKeywordMultipleSentences", _KEY10),
     ("d5", "CopyKeywordMultipleSentencesShuffled", _KEY10),
@@ -290,8 +272,8 @@ _T_SPECS = [  # (task id, name, keyword bases) of the 16 transformations, in App
     ("d14", "ThresholdNumber", _NUM100), ("d16", "LargestNumber", _NUM100),
     ("d18", "ParaphraseWords", [f"src_{i}" for i in range(20)]
      + [f"target_{i}_{j}" for i in range(20) for j in range(3)]),
-    ("d19", "JoinClauses", _JOIN5), ("d20", "BreakClauses", _JOIN5),
-    ("d21", "TruncateSentence", _KEY10)]
+    ("d19", "JoinClauses", [f"join_{i}" for i in range(5)]),
+    ("d20", "BreakClauses", [f"join_{i}" for i in range(5)]), ("d21", "TruncateSentence", _KEY10)]
 # Every word a task can emit, in a fixed order (a word's id without a tokenizer); the simple
 # tasks' words first, so that they stay collision-free even in small vocabularies.
 WORDS = list(dict.fromkeys(
@@ -307,21 +289,19 @@ def _pick(lines, m, rng):  # A.4's pick_lines(m): m distinct lines, ascending
     return sorted(rng.sample(range(len(lines)), m))
 
 
-def _free(w, keep_last=1):  # A.4's replaceable(line): positions <= L-1-keep_last without a '_'
+def _free(w, keep_last=1):  # A.4's replaceable(line): positions <= L-1-keep_last without '_'
     return [p for p in range(len(w) - keep_last) if "_" not in w[p]]  # (keywords stay)
 
 
 class Transform:
-    """One of the 16 transformations: modify(lines, rng) edits token lists in place, output(lines,
-    rng) gives the summary strings."""
+    """A transformation: modify(lines, rng) edits token lists in place, output() gives summaries."""
 
     def __init__(self, tid, name, bases):
         self.tid, self.name = tid, name
         self.keywords = [_kw(tid, b) for b in bases]  # the task id keeps the tasks' tokens disjoint
         self.kwset = set(self.keywords)
 
-    def find(self, lines):
-        """A.4's find(task): (line index, this task's keywords in it) per marked line, in order."""
+    def find(self, lines):  # A.4's find(task): (line index, its keywords of this task), in order
         return [(i, [w for w in line if w in self.kwset])
                 for i, line in enumerate(lines) if not self.kwset.isdisjoint(line)]
 
@@ -409,16 +389,9 @@ def nonsense_document(rng):
 
 
 # ------------------------------------------------------------------------- span corruption, nesting
-def _segment(rng, n_items, n_segments):
-    """T5's _random_segmentation: n_items in n_segments non-empty parts, cut uniformly at random."""
-    cuts = [0] + sorted(rng.sample(range(1, n_items), n_segments - 1)) + [n_items]
-    return [b - a for a, b in zip(cuts, cuts[1:])]
-
-
 def span_corrupt(tokens, vocab, rng, noise_density=0.15, mean_span=3):
-    """T5's span_corruption (random_spans_noise_mask, noise_span_to_unique_sentinel), no EOS: kept
-    and noise spans alternate, kept first. [a b c d e f g h i j] with noise [d e] -> inputs
-    [a b c <extra_id_0> f g h i j], targets [<extra_id_0> d e]."""
+    """T5's span_corruption without EOS: kept and noise spans alternate, kept first; [a b c d e f g]
+    with noise [d e] -> inputs [a b c <extra_id_0> f g], targets [<extra_id_0> d e]."""
     n = len(tokens)
     if n < 2:
         raise ValueError("span corruption needs at least 2 tokens")
@@ -426,7 +399,10 @@ def span_corrupt(tokens, vocab, rng, noise_density=0.15, mean_span=3):
     n_spans = max(round(n_noise / mean_span), 1)
     if n_spans > vocab.num_sentinels:
         raise ValueError(f"{n_spans} noise spans need more than {vocab.num_sentinels} sentinels")
-    noise, keep = _segment(rng, n_noise, n_spans), _segment(rng, n - n_noise, n_spans)
+    def segment(n_items):  # T5's _random_segmentation: n_spans parts, cut uniformly at random
+        cuts = [0] + sorted(rng.sample(range(1, n_items), n_spans - 1)) + [n_items]
+        return [b - a for a, b in zip(cuts, cuts[1:])]
+    noise, keep = segment(n_noise), segment(n - n_noise)
     src, tgt, pos = [], [], 0
     for k in range(n_spans):  # kept span k, then noise span k (<extra_id_k> in both sequences)
         src += tokens[pos:pos + keep[k]] + [vocab.sentinel(k)]
@@ -479,10 +455,10 @@ def nesting_sentence(rng, ids):
 
 
 class NaturalText:
-    """Span corruption over tokenized <data_dir>/natural_text/<split>.txt (documents separated by
-    blank lines). A window of n_tokens starts at a uniformly random character: a document drawn
-    ∝ its length, a start uniform inside it; short windows run on into the next documents. The
-    file is read on first use; documents are tokenized lazily and cached as int32 arrays."""
+    """Span corruption of windows of <data_dir>/natural_text/<split>.txt (documents separated by
+    blank lines): a window starts at a uniformly random character (a document ∝ its length, a
+    start uniform inside it) and runs on into the next documents. The file is read on first use,
+    documents are tokenized when first drawn and kept as int32 arrays."""
 
     def __init__(self, path, tokenizer, vocab, n_tokens):
         if not os.path.isfile(path):
@@ -527,11 +503,10 @@ class Task:
         return src + [EOS], tgt + [EOS]
 
 
-def _mixture(name, tasks):
-    """Equal rates (seqio's default_rate=1): each example picks a component uniformly."""
+def _mixture(name, tasks):  # equal rates (seqio's default_rate=1), drawn with the example's rng
     def pick(split):
         fns = [t._fns[split] for t in tasks]
-        return lambda rng: fns[rng.randrange(len(fns))](rng)  # drawn from the example's own rng
+        return lambda rng: fns[rng.randrange(len(fns))](rng)
     return Task(name, pick("train"), pick("validation"), parts=[p for t in tasks for p in t.parts])
 
 
@@ -539,8 +514,8 @@ def get_task(name, vocab, *, tokenizer=None, data_dir=None, min_len=10, max_len=
              n_task_tokens=None):
     """A task or an 'a+b+c' mixture. min_len/max_len bound the simple tasks' body; max_len also
     bounds LIME's input and target (the original's 0..220) and is the corrupted input length, EOS
-    included, of nesting_language and natural. Nonsense summaries are not length-limited (the
-    original kept 1024/1024)."""
+    included, of nesting_language and natural. Nonsense summaries have no limit (the original's:
+    1024)."""
     names = [s.strip() for s in name.split("+")]
     if unknown := [s for s in names if s not in TASKS]:
         raise ValueError(f"unknown task(s) {unknown}; choose from {TASKS}, or mix them as 'a+b+c'")
@@ -579,9 +554,8 @@ def _build(name, g, data_dir):
 
 
 class TaskStream:
-    """Example i of a split comes from random.Random(f"{split}/{seed}/{i}"): a function of (seed,
-    split, i) only, so batch size and restarts do not change the data, and splits never share a
-    seed (str seeds are hashed with sha512: stable across runs and processes)."""
+    """Example i of a split comes from random.Random(f"{split}/{seed}/{i}") (str seeds are hashed
+    with sha512: stable across processes), so batch size and restarts do not change the data."""
 
     def __init__(self, task, seed, split="train", start=0):
         if split not in ("train", "validation"):
@@ -598,11 +572,9 @@ class TaskStream:
 
 
 def collate(examples, max_src_len, max_tgt_len, pad_id=0, pad_to_max=False):
-    """Pad to the batch's longest sequence (or to the max lengths if pad_to_max: fixed shapes),
-    cutting longer ones as seqio's trim does (the cut loses the EOS). Returns ({"input_ids",
-    "attention_mask", "labels" (-100 on padding)}, the number of examples cut)."""
-    if not examples:
-        raise ValueError("collate needs at least one example")
+    """Pad to the longest sequence (or to the max lengths if pad_to_max: fixed shapes), cutting
+    longer ones as seqio's trim does (the EOS is lost): ({"input_ids", "attention_mask", "labels"
+    (-100 on padding)}, the number of examples cut)."""
     n_cut = sum(len(s) > max_src_len or len(t) > max_tgt_len for s, t in examples)
     S = max_src_len if pad_to_max else min(max_src_len, max(len(s) for s, _ in examples))
     T = max_tgt_len if pad_to_max else min(max_tgt_len, max(len(t) for _, t in examples))
@@ -614,12 +586,12 @@ def collate(examples, max_src_len, max_tgt_len, pad_id=0, pad_to_max=False):
 
 @dataclass
 class TasksConfig:
-    task: str = "set"              # a name in TASKS or a mixture "a+b+c"
-    n: int = 3                     # examples to print
-    vocab_size: int = T5_SIZE      # ids without a tokenizer (32100: T5's ids for names, yes/no)
-    tokenizer: str = ""            # a tokenizer file (tokenizer.py); its size wins over vocab_size
+    task: str = "set"                # a name in TASKS or a mixture "a+b+c"
+    n: int = 3                       # examples to print
+    vocab_size: int = T5_SIZE        # ids without a tokenizer (32100: T5's ids for names, yes/no)
+    tokenizer: str = ""              # a tokenizer file (tokenizer.py): its size then decides
     data_dir: str = config.DATA_DIR  # holds natural_text/ for the task natural
-    bench: bool = False            # instead: examples/s of every task on one core
+    bench: bool = False              # instead: examples/s of every task on one core
 
 
 def main(argv):
@@ -635,16 +607,13 @@ def main(argv):
         if not cfg.bench:
             for src, tgt in TaskStream(task, 0).next_examples(cfg.n):
                 print(f"source ({len(src)} ids): {src}\ntarget ({len(tgt)} ids): {tgt}")
-                if tok:
-                    print(f"as text: {tok.decode(src)!r} -> {tok.decode(tgt)!r}")
+                print(f"as text: {tok.decode(src)!r} -> {tok.decode(tgt)!r}" if tok else "")
             continue
-        task.example(random.Random(-1))  # loads files and caches outside the timed loop
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < 0.5:
-            for _ in range(50):  # the clock is read every 50 examples only
-                task.example(random.Random(f"train/0/{n}"))
-                n += 1
-        print(f"{name:18s} {n / (time.perf_counter() - t0):9.0f} examples/s")
+        task.example(random.Random(-1))  # loads files and caches outside the timed part
+        t0 = time.perf_counter()
+        for i in range(500):
+            task.example(random.Random(f"train/0/{i}"))
+        print(f"{name:18s} {500 / (time.perf_counter() - t0):9.0f} examples/s")
 
 
 if __name__ == "__main__":
