@@ -47,20 +47,17 @@ def word_id(word, vocab):  # our choice without a tokenizer: 3 + (index in WORDS
     return 3 + _WORD_INDEX[word] % (vocab.size - vocab.num_sentinels - 3)
 
 
-def _index(a, b):
-    """First i with a[i:i+len(b)] == b, else -1: a C-level search of the int32 bytes (~10x a Python
-    loop), skipping hits not aligned to a token."""
+def _index(a, b):  # first i with a[i:i+len(b)] == b, else -1, ~10x faster than a Python loop
     A, B = array("i", a).tobytes(), array("i", b).tobytes()
     i = A.find(B)
-    while i > 0 and i % 4:
+    while i > 0 and i % 4:  # a hit inside a 4-byte token is no token-level hit
         i = A.find(B, i + 1)
     return i // 4 if i >= 0 else -1
 
 
 class Gen:
-    """A task's settings (lengths lo..hi, content ids V, special ids, words as ids) and its
-    generators. A simple task's gives (a, b or None, target): the body is a or a + [<extra_id_2>]
-    + b (the examples are on small inputs)."""
+    """A task's settings (lengths lo..hi, content ids V, special ids) and generators. A simple task
+    gives (a, b or None, target): its body is a or a + [<extra_id_2>] + b (on small inputs here)."""
 
     def __init__(self, vocab, tokenizer, lo, hi, n_task_tokens):
         self.vocab, self.tok, self.lo, self.hi = vocab, tokenizer, lo, hi
@@ -179,10 +176,9 @@ class Gen:
         raise RuntimeError(f"{name}: no body of length {self.lo}..{self.hi} in 100000 tries")
 
     def lime(self, rng, mode):
-        """A fresh alphabet of 24 upper (variables), 24 lower and 20 math ids, k~U{3..5} variables
-        drawn 2k times: rule [A + B A * -], subst [A : [ x y ] B : [ + z ]], result [x y + + z x y
-        * -]. induct gives the rule for result and subst, deduct the result for rule and subst,
-        abduct the subst for rule and result; inputs start <UPPER> vars <LOWER> .. <MATH> .."""
+        """Fresh 24 upper (variables), 24 lower, 20 math ids; k~U{3..5} variables drawn 2k times:
+        rule [A + B A * -], subst [A : [ x y ] B : [ + z ]], result [x y + + z x y * -]. induct:
+        rule from result and subst; deduct: result from rule and subst; abduct: subst from both."""
         col, sep, upp, lbr, low, mth, rbr = (self.vocab.sentinel(99 - i) for i in range(7))
         for _ in range(1000):  # rejection sampling, as the original
             al = rng.sample(self.V, 68)  # 68 distinct ids (is_original_vocab_division)
@@ -389,14 +385,17 @@ def nonsense_document(rng):
 
 
 # ------------------------------------------------------------------------- span corruption, nesting
-def span_corrupt(tokens, vocab, rng, noise_density=0.15, mean_span=3):
+def _noise(n, noise_density=0.15, mean_span=3):  # (noise tokens, noise spans) of n tokens
+    n_noise = min(max(round(n * noise_density), 1), n - 1)  # round() is half-to-even, as np.round
+    return n_noise, max(round(n_noise / mean_span), 1)
+
+
+def span_corrupt(tokens, vocab, rng):
     """T5's span_corruption without EOS: kept and noise spans alternate, kept first; [a b c d e f g]
     with noise [d e] -> inputs [a b c <extra_id_0> f g], targets [<extra_id_0> d e]."""
-    n = len(tokens)
-    if n < 2:
+    if (n := len(tokens)) < 2:
         raise ValueError("span corruption needs at least 2 tokens")
-    n_noise = min(max(round(n * noise_density), 1), n - 1)  # round() is half-to-even, as np.round
-    n_spans = max(round(n_noise / mean_span), 1)
+    n_noise, n_spans = _noise(n)
     if n_spans > vocab.num_sentinels:
         raise ValueError(f"{n_spans} noise spans need more than {vocab.num_sentinels} sentinels")
     def segment(n_items):  # T5's _random_segmentation: n_spans parts, cut uniformly at random
@@ -411,11 +410,12 @@ def span_corrupt(tokens, vocab, rng, noise_density=0.15, mean_span=3):
     return src, tgt
 
 
-def span_tokens_length(inputs_length, noise_density=0.15, mean_span=3):
-    """T5's random_spans_helper: the raw length whose corrupted input plus EOS fits (512 -> 568)."""
-    def inputs_len(t):  # kept + a sentinel per span + EOS, clamped as span_corrupt (T5 is not,
-        noise = min(max(round(t * noise_density), 1), t - 1)  # which matters below 10 tokens)
-        return t - noise + max(round(noise / mean_span), 1) + 1
+def span_tokens_length(inputs_length):
+    """T5's random_spans_helper: the raw length whose corrupted input plus EOS fits (512 -> 568);
+    the noise is clamped as span_corrupt clamps it (T5 does not, which matters below 10 tokens)."""
+    def inputs_len(t):  # kept tokens + a sentinel per span + EOS
+        n_noise, n_spans = _noise(t)
+        return t - n_noise + n_spans + 1
     t = inputs_length - 1
     while inputs_len(t + 1) <= inputs_length:
         t += 1
@@ -455,15 +455,13 @@ def nesting_sentence(rng, ids):
 
 
 class NaturalText:
-    """Span corruption of windows of <data_dir>/natural_text/<split>.txt (documents separated by
-    blank lines): a window starts at a uniformly random character (a document ∝ its length, a
-    start uniform inside it) and runs on into the next documents. The file is read on first use,
-    documents are tokenized when first drawn and kept as int32 arrays."""
+    """Span corruption of windows of natural_text/<split>.txt (documents between blank lines): a
+    window starts at a uniformly random character (a document ∝ its length, a start uniform in
+    it) and runs on into the next documents. Documents are tokenized when first drawn."""
 
     def __init__(self, path, tokenizer, vocab, n_tokens):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"natural task: {path} not found "
-                                    "(data_dir must hold natural_text/{train,validation}.txt)")
+        if not os.path.isfile(path):  # checked here, while the file is read on first use
+            raise FileNotFoundError(f"natural task: {path} not found (see --data_dir)")
         self.path, self.tok, self.vocab, self.n = path, tokenizer, vocab, n_tokens
         self.docs, self.cache = None, {}
 
@@ -513,9 +511,8 @@ def _mixture(name, tasks):  # equal rates (seqio's default_rate=1), drawn with t
 def get_task(name, vocab, *, tokenizer=None, data_dir=None, min_len=10, max_len=220,
              n_task_tokens=None):
     """A task or an 'a+b+c' mixture. min_len/max_len bound the simple tasks' body; max_len also
-    bounds LIME's input and target (the original's 0..220) and is the corrupted input length, EOS
-    included, of nesting_language and natural. Nonsense summaries have no limit (the original's:
-    1024)."""
+    bounds LIME's input and target (as the original's 220) and is the corrupted input length, EOS
+    included, of nesting_language and natural. Nonsense summaries are not limited."""
     names = [s.strip() for s in name.split("+")]
     if unknown := [s for s in names if s not in TASKS]:
         raise ValueError(f"unknown task(s) {unknown}; choose from {TASKS}, or mix them as 'a+b+c'")
@@ -547,8 +544,7 @@ def _build(name, g, data_dir):
             raise ValueError("nesting_language needs at least 2 non-unk content ids")
         return Task(name, lambda rng: g.nesting(rng, ids, n_tokens))
     if data_dir is None or g.tok is None:  # name == "natural"
-        raise ValueError("task 'natural' needs data_dir (with natural_text/{train,validation}.txt)"
-                         " and a tokenizer")
+        raise ValueError("task 'natural' needs a data_dir with natural_text/ and a tokenizer")
     return Task(name, *(NaturalText(os.path.join(data_dir, "natural_text", f"{s}.txt"), g.tok,
                                     g.vocab, n_tokens) for s in ("train", "validation")))
 
@@ -562,11 +558,9 @@ class TaskStream:
             raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
         self.task, self.seed, self.split, self.position = task, int(seed), split, int(start)
 
-    def example(self, i):
-        return self.task.example(random.Random(f"{self.split}/{self.seed}/{i}"), self.split)
-
     def next_examples(self, n):
-        out = [self.example(i) for i in range(self.position, self.position + n)]
+        out = [self.task.example(random.Random(f"{self.split}/{self.seed}/{i}"), self.split)
+               for i in range(self.position, self.position + n)]
         self.position += n
         return out
 
@@ -607,7 +601,7 @@ def main(argv):
         if not cfg.bench:
             for src, tgt in TaskStream(task, 0).next_examples(cfg.n):
                 print(f"source ({len(src)} ids): {src}\ntarget ({len(tgt)} ids): {tgt}")
-                print(f"as text: {tok.decode(src)!r} -> {tok.decode(tgt)!r}" if tok else "")
+                print(f"as text: {tok.decode(src)!r} -> {tok.decode(tgt)!r}\n" if tok else "")
             continue
         task.example(random.Random(-1))  # loads files and caches outside the timed part
         t0 = time.perf_counter()
