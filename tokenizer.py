@@ -1,53 +1,30 @@
-"""Tokenizers and the one vocabulary layout every part of the project shares.
+"""tokenizer.py: the tokenizers, and the one id layout (T5's) that the whole project shares.
 
-What is here (PAPER.md §1 and §3.0: one vocabulary everywhere, T5's id layout):
-  * `Vocab`: pure id arithmetic of the T5 layout (pad 0, eos 1, unk 2, 100 sentinels at the top).
-  * `Tokenizer(Vocab)`: the text interface, `encode(text) -> ids` (no EOS), `decode(ids) -> text`, `save(path)`.
-  * `BPETokenizer` / `train_bpe(texts, size)`: a byte-level BPE trained from scratch (our small-scale tokenizer).
-    decode(encode(s)) == s for every str that is valid Unicode text (every UTF-8 string).
-  * `UnigramTokenizer.from_hf_json(path)`: reads a Hugging Face T5 `tokenizer.json` (SentencePiece unigram) and
-    segments with Viterbi, so paper-scale runs tokenize as T5 did (ids 0..32099, sentinels 32000..32099).
-  * `load_tokenizer(path)` (either format) and `get_tokenizer(data_dir, size, path)` (load or train + cache).
-
-Run:  python tokenizer.py --data_dir=../shared/data --size=8192 --path=out/bpe8192.json
-      trains (or loads) the BPE tokenizer on the default corpus and prints the time and tokens per character.
-Tests: python -m pytest -q tests/test_tokenizer.py
+Vocab is the id arithmetic; a Tokenizer adds encode and decode: BPETokenizer (train_bpe), a
+byte-level BPE trained from scratch, or UnigramTokenizer, T5's model read from its tokenizer.json.
+Run: python tokenizer.py --size=8192   trains (or loads) a BPE and prints tokens/char (-h: settings)
+Reading order: model.py, tokenizer.py (here), tasks.py, ... Next: tasks.py.
 """
-import heapq
-import json
-import math
-import os
-import re
-import sys
-import tempfile
-import time
-import unicodedata
+import glob, heapq, json, math, os, re, time, unicodedata
 from collections import Counter, defaultdict
-from typing import Iterable, Iterator
+from dataclasses import dataclass
 
 from tqdm import tqdm
 
+import config
+
 
 class Vocab:
-    """Pure id arithmetic of the T5 layout, for a tokenizer of `size` ids (T5: 32100).
-
-    pad 0, eos 1, unk 2; the 100 sentinels `<extra_id_k>` sit at the top, `<extra_id_0>` = size-1-0
-    is the highest (T5: 32099) and `<extra_id_99>` = size-100 (T5: 32000). The model's embedding table
-    is `size` rounded up to a multiple of 128 (T5: 32128); ids >= size are never produced.
-    """
-
-    pad_id, eos_id, unk_id = 0, 1, 2
-    num_sentinels = 100
+    """The T5 layout of `size` ids (T5: 32100): pad 0, eos 1, unk 2, <extra_id_k> = size-1-k (T5:
+    32099 down to 32000). The embedding rounds size up to a multiple of 128 rows (T5: 32128)."""
+    pad_id, eos_id, unk_id, num_sentinels = 0, 1, 2, 100
 
     def __init__(self, size: int):
         if size < 200:
-            raise ValueError(f"vocabulary size {size} is too small: need room for 3 specials, 100 sentinels and content")
-        self.size = size
-        self.model_vocab_size = int(math.ceil(size / 128) * 128)
+            raise ValueError(f"vocabulary size {size} < 200: no room for 103 specials and content")
+        self.size, self.model_vocab_size = size, int(math.ceil(size / 128) * 128)
 
-    def sentinel(self, k: int) -> int:
-        if not 0 <= k < self.num_sentinels:
-            raise ValueError(f"sentinel index {k} out of range 0..{self.num_sentinels - 1}")
+    def sentinel(self, k: int) -> int:  # k in 0..99
         return self.size - 1 - k
 
     def is_sentinel(self, i: int) -> bool:
@@ -55,69 +32,35 @@ class Vocab:
 
 
 class Tokenizer(Vocab):
-    """Text <-> ids on top of the `Vocab` layout; BPETokenizer and UnigramTokenizer implement it."""
+    """Subclasses give encode(text) -> ids, without EOS (tasks append it), and decode(ids) -> text,
+    skipping pad and eos (it does not stop at eos), sentinels shown as "<extra_id_k>"."""
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, without EOS (callers append `eos_id` where the task wants it)."""
-        raise NotImplementedError
-
-    def decode(self, ids) -> str:
-        """Text of `ids`; pad and eos are skipped (it does not stop at eos), sentinels show as "<extra_id_k>"."""
-        raise NotImplementedError
-
-    def save(self, path: str) -> None:
-        raise NotImplementedError
-
-    def _content_ids(self, ids) -> Iterator[int]:
-        """The ids decode renders: skips pad, eos, the label ignore index -100 and the padding rows
-        [size, model_vocab_size) of the embedding, which a model can emit but the data never holds."""
-        ids = ids.tolist() if hasattr(ids, "tolist") else ids  # torch / numpy arrays
-        for i in ids:
-            i = int(i)
+    def _content_ids(self, ids):
+        """Ids but pad, eos, -100 (ignored labels) and padding rows (>= size) a model may emit."""
+        for i in map(int, ids.tolist() if hasattr(ids, "tolist") else ids):  # torch / numpy too
             if i in (self.pad_id, self.eos_id, -100) or self.size <= i < self.model_vocab_size:
                 continue
             if not 0 <= i < self.size:
-                raise ValueError(f"token id {i} is outside this tokenizer's range 0..{self.model_vocab_size - 1}")
+                raise ValueError(f"token id {i} is outside 0..{self.model_vocab_size - 1}")
             yield i
 
-    def sentinel_text(self, i: int) -> str:
-        return f"<extra_id_{self.size - 1 - i}>"
+    def _cached(self, word: str, segment) -> list[int]:  # words repeat: most of encode's speed
+        if word not in self._cache and len(self._cache) < 1_000_000:  # bounded memory
+            self._cache[word] = segment(word)
+        return self._cache.get(word) or segment(word)
 
 
-def write_json_atomic(path: str, obj, indent=None) -> None:
-    """json.dump to path through a temp file in the same folder + os.replace: a crash or a concurrent
-    reader never sees half a file (also pretrain.py's and finetune.py's result.json)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=indent)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cached tokenizer or a result is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Byte-level BPE (GPT-2 style), trained from scratch.
-
-# Pre-tokenization: GPT-2's pattern written with stdlib `re` (no \p{L}): English contractions, letter runs,
-# up to 3 digits (numbers split into short chunks, as in GPT-4), punctuation runs (underscore counts as
-# punctuation: `[^\W\d_]` is "letters only"), each optionally led by one space; then whitespace, where a run
-# gives its last space to the next word. The alternatives cover every character, so the words concatenate
-# back to the text and merges never cross a word boundary.
-PRETOKENIZE_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d{1,3}| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
+# Byte-level BPE on the words of GPT-2's pattern in stdlib `re`: contractions, letter runs, up to 3
+# digits (as GPT-4), punctuation runs ("_" too), each led by at most one space; a whitespace run
+# leaves its last space to the next word. Words cover the text, and merges never cross them.
+PRETOKENIZE_PATTERN = r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d{1,3}| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"
 _PRETOKENIZE = re.compile(PRETOKENIZE_PATTERN)
-BYTE_OFFSET = 3  # byte b has id 3 + b, right after pad/eos/unk
-FIRST_MERGE_ID = BYTE_OFFSET + 256  # 259: the first merged token
+BYTE_OFFSET, FIRST_MERGE_ID = 3, 259  # byte b has id 3 + b (after pad/eos/unk); merges follow
 
 
 def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    """Replace every non-overlapping occurrence of `pair`, left to right, by `new_id`."""
-    out, i, n = [], 0, len(ids)
-    a, b = pair
+    """Every non-overlapping occurrence of `pair`, left to right, replaced by `new_id`."""
+    out, i, n, (a, b) = [], 0, len(ids), pair
     while i < n:
         if i + 1 < n and ids[i] == a and ids[i + 1] == b:
             out.append(new_id)
@@ -129,311 +72,190 @@ def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
 
 
 class BPETokenizer(Tokenizer):
-    """Byte-level BPE: ids 0,1,2 = pad/eos/unk, 3..258 = the 256 bytes, 259.. = merges, top 100 = sentinels.
-
-    Text is split into words (PRETOKENIZE_PATTERN), each word's UTF-8 bytes are merged by rank (the order in
-    which training learned the merges). Literal text such as "<extra_id_3>" typed by a user is just bytes here:
-    only the sentinel ids themselves decode to "<extra_id_k>", so decode(encode(s)) == s always holds.
-    Ids between the last merge and the sentinels (only when training stopped early) are never produced.
-    """
+    """Ids 3..258 are the bytes, 259.. the merges, applied to each word by rank (the order training
+    learned them). Typed "<extra_id_3>" is plain bytes: only sentinel ids decode to it, so
+    decode(encode(s)) == s for every str. Ids between the last merge and the sentinels go unused."""
 
     def __init__(self, size: int, merges: list):
         super().__init__(size)
-        n_free = size - self.num_sentinels - FIRST_MERGE_ID  # room for merges
-        if n_free < 0:
-            raise ValueError(f"byte-level BPE needs size >= {FIRST_MERGE_ID + self.num_sentinels}, got {size}")
-        if len(merges) > n_free:
-            raise ValueError(f"{len(merges)} merges do not fit a vocabulary of {size} (room for {n_free})")
+        if len(merges) > (room := size - self.num_sentinels - FIRST_MERGE_ID):
+            raise ValueError(f"{len(merges)} merges do not fit a BPE of size {size} (least: 359)")
         self.merges = [tuple(m) for m in merges]
-        # token bytes per id, so decode is a join; merged token = concatenation of its two parts
-        table = [b"", b"", b"<unk>"] + [bytes([b]) for b in range(256)]
-        for new_id, (a, b) in enumerate(self.merges, FIRST_MERGE_ID):
-            if not (0 <= a < new_id and 0 <= b < new_id):
-                raise ValueError(f"merge {new_id - FIRST_MERGE_ID} ({a}, {b}) refers to an id not yet defined")
+        table = [b"", b"", b"<unk>"] + [bytes([b]) for b in range(256)]  # bytes per id, for decode
+        for a, b in self.merges:
             table.append(table[a] + table[b])
-        table += [b""] * (size - self.num_sentinels - len(table))  # unused ids render as nothing
-        table += [f"<extra_id_{k}>".encode() for k in reversed(range(self.num_sentinels))]  # id size-100 = 99
-        self.token_bytes = table
-        # pair -> merged id; a lower id means an earlier merge, which is also its rank
+        self.token_bytes = table + [b""] * (room - len(self.merges)) + [
+            f"<extra_id_{k}>".encode() for k in reversed(range(self.num_sentinels))]
+        # pair -> merged id; a lower id is an earlier merge, so the id is also the rank
         self.ranks = {pair: new_id for new_id, pair in enumerate(self.merges, FIRST_MERGE_ID)}
-        self._cache: dict[str, list[int]] = {}  # word -> ids; words repeat a lot, so this is most of the speed
+        self._cache = {}
 
     def _bpe(self, word: str) -> list[int]:
         ids = [BYTE_OFFSET + b for b in word.encode("utf-8")]
-        while len(ids) > 1:
-            # the earliest-learned pair present goes first; this replays training's merge order exactly,
-            # because a merge only creates pairs containing its new id, never an older pair
+        while len(ids) > 1:  # earliest merge first replays training: no merge makes older pairs
             pair = min(zip(ids, ids[1:]), key=lambda p: self.ranks.get(p, math.inf))
-            new_id = self.ranks.get(pair)
-            if new_id is None:
-                break
-            ids = _merge(ids, pair, new_id)
+            if pair not in self.ranks:
+                return ids
+            ids = _merge(ids, pair, self.ranks[pair])
         return ids
 
     def encode(self, text: str) -> list[int]:
-        out = []
-        for word in _PRETOKENIZE.findall(text):
-            ids = self._cache.get(word)
-            if ids is None:
-                ids = self._bpe(word)
-                if len(self._cache) < 1_000_000:  # bound memory on endless streams of new words
-                    self._cache[word] = ids
-            out.extend(ids)
-        return out
+        return [i for word in _PRETOKENIZE.findall(text) for i in self._cached(word, self._bpe)]
 
     def decode(self, ids) -> str:
         data = b"".join(self.token_bytes[i] for i in self._content_ids(ids))
-        # a model can emit byte sequences that are not UTF-8; show them as U+FFFD instead of failing
-        return data.decode("utf-8", errors="replace")
+        return data.decode("utf-8", "replace")  # a model may emit bytes that are not UTF-8
 
     def save(self, path: str) -> None:
-        write_json_atomic(path, {"type": "byte_level_bpe", "version": 1, "size": self.size,
-                                  "pretokenize_pattern": PRETOKENIZE_PATTERN, "merges": self.merges})
+        config.write_json(path, {"type": "byte_level_bpe", "version": 1, "size": self.size,
+                                 "pretokenize_pattern": PRETOKENIZE_PATTERN, "merges": self.merges},
+                          indent=None)
 
 
-def train_bpe(texts: Iterable[str], size: int, min_frequency: int = 2, progress: bool = True) -> BPETokenizer:
-    """Learn size-359 merges (fewer if no pair occurs `min_frequency` times) from `texts`.
-
-    The standard efficient algorithm: count words once; keep pair -> count and pair -> words containing it;
-    after each merge, update only the words that contained the merged pair. The best pair comes from a heap
-    with lazy deletion (an entry is stale when its count no longer matches); ties go to the smallest
-    (left id, right id), so the same corpus always gives the same merges.
-    """
-    if size < FIRST_MERGE_ID + Vocab.num_sentinels:
-        raise ValueError(f"byte-level BPE needs size >= {FIRST_MERGE_ID + Vocab.num_sentinels}, got {size}")
-    if isinstance(texts, str):
-        raise ValueError("train_bpe wants an iterable of texts, not one string (it would iterate characters)")
-    word_counts = Counter()
-    for text in texts:
-        word_counts.update(_PRETOKENIZE.findall(text))
-    vocab_words = sorted(word_counts)  # sorted: independent of the order texts arrived in
+def train_bpe(texts, size: int, min_frequency: int = 2, progress: bool = True) -> BPETokenizer:
+    """Learn size-359 merges (fewer if no pair occurs min_frequency times), updating only the words
+    holding the merged pair; ties go to the smallest (left, right) ids: same corpus, same merges."""
+    BPETokenizer(size, [])  # checks the size before the long part
+    counts = Counter(w for text in texts for w in _PRETOKENIZE.findall(text))
+    vocab_words = sorted(counts)  # independent of the order the texts came in
     words = [[BYTE_OFFSET + b for b in w.encode("utf-8")] for w in vocab_words]
-    freqs = [word_counts[w] for w in vocab_words]
-    del word_counts, vocab_words
-
-    pair_count: dict[tuple[int, int], int] = defaultdict(int)
-    where: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> indices of words that (may) hold it
+    freqs = [counts[w] for w in vocab_words]
+    pair_count, where, merges = defaultdict(int), defaultdict(set), []  # where: pair -> word ids
     for wi, (w, f) in enumerate(zip(words, freqs)):
         for pair in zip(w, w[1:]):
             pair_count[pair] += f
             where[pair].add(wi)
-    heap = [(-c, pair) for pair, c in pair_count.items()]
-    heapq.heapify(heap)
-
-    merges = []
-    n_merges = size - Vocab.num_sentinels - FIRST_MERGE_ID
-    for new_id in tqdm(range(FIRST_MERGE_ID, FIRST_MERGE_ID + n_merges), desc="BPE merges", disable=not progress,
-                       mininterval=1.0):
+    heapq.heapify(heap := [(-c, pair) for pair, c in pair_count.items()])
+    for new_id in tqdm(range(FIRST_MERGE_ID, size - 100), "BPE merges", disable=not progress):
         while heap and pair_count.get(heap[0][1], 0) != -heap[0][0]:
-            heapq.heappop(heap)  # stale entry: its pair's count changed after it was pushed
+            heapq.heappop(heap)  # stale: its pair's count changed after it was pushed
         if not heap or -heap[0][0] < min_frequency:
             break
         pair = heapq.heappop(heap)[1]
         merges.append(pair)
         changed = set()
         for wi in where.pop(pair):
-            old = words[wi]
-            new = _merge(old, pair, new_id)
+            old, new, f = words[wi], _merge(words[wi], pair, new_id), freqs[wi]
             if len(new) == len(old):
                 continue  # `where` is lazy: this word lost the pair in an earlier merge
-            f = freqs[wi]
-            # remove the word's old pairs and add its new ones (words are short, so this is cheap)
-            for p in zip(old, old[1:]):
+            for p in zip(old, old[1:]):  # words are short: redoing all their pairs is cheap
                 pair_count[p] -= f
-                changed.add(p)
             for p in zip(new, new[1:]):
                 pair_count[p] += f
                 where[p].add(wi)
-                changed.add(p)
+            changed.update(zip(old, old[1:]), zip(new, new[1:]))
             words[wi] = new
         for p in changed:
-            c = pair_count[p]
-            if c > 0:
-                heapq.heappush(heap, (-c, p))
-            else:
-                del pair_count[p]
+            if pair_count[p] > 0:
+                heapq.heappush(heap, (-pair_count[p], p))
     return BPETokenizer(size, merges)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# SentencePiece unigram, read from a Hugging Face T5 tokenizer.json.
-
-def _typed_nodes(node) -> Iterator[dict]:
-    """Every {"type": ...} dict in a JSON tree: normalizers and pre-tokenizers nest inside "Sequence" ones."""
-    if isinstance(node, dict):
-        if "type" in node:
-            yield node
-        node = list(node.values())
-    if isinstance(node, list):
-        for child in node:
-            yield from _typed_nodes(child)
-
-
 class UnigramTokenizer(Tokenizer):
-    """T5's SentencePiece unigram model: each word gets the Viterbi segmentation with the highest sum of piece
-    log-probabilities.
-
-    Pipeline as in Hugging Face `tokenizers`: (1) added tokens ("<pad>", "</s>", "<unk>", "<extra_id_k>")
-    typed in the text are cut out and map to their ids (T5 behaviour); (2) normalizer: SentencePiece's
-    "Precompiled" charsmap is approximated by unicodedata NFKC (T5's nmt_nfkc is NFKC plus whitespace clean-up,
-    which step 3 does); explicit NFC/NFD/NFKC/NFKD and Lowercase are applied; other normalizers are ignored;
-    (3) whitespace split, each word prefixed by the Metaspace "▁" (when preceded by whitespace, or by
-    add_prefix_space / prepend_scheme); (4) Viterbi per word, a character with no piece becomes unk
-    (score min - 10, consecutive unks fused into one, as SentencePiece and HF do). Ties in Viterbi may
-    break differently from SentencePiece; on real vocabularies they are rare.
-    """
+    """T5's SentencePiece model from its HF tokenizer.json (as a dict; only the vocabulary is read).
+    As HF does for T5: typed added tokens ("</s>", "<extra_id_k>") map to their ids; NFKC stands in
+    for nmt_nfkc (NFKC plus split()'s clean-up); each word, led by "▁", gets the Viterbi pieces of
+    highest log-probability, unk (score min - 10) for a character no piece covers. Viterbi ties may
+    break unlike SentencePiece's; on real vocabularies they are rare."""
 
     def __init__(self, spec: dict):
         model = spec.get("model") or {}
         if model.get("type") != "Unigram":
-            raise ValueError(f"expected a tokenizer.json with model.type 'Unigram', got {model.get('type')!r}")
+            raise ValueError(f"neither our BPE nor a unigram model: {model.get('type')!r}")
         vocab = model["vocab"]
         added = {t["content"]: int(t["id"]) for t in spec.get("added_tokens") or []}
         super().__init__(max(len(vocab), max(added.values(), default=-1) + 1))
-        self.spec = spec
-        self.id_to_piece = [p for p, _ in vocab] + [""] * (self.size - len(vocab))
-        for content, i in added.items():
-            self.id_to_piece[i] = content
-        # the T5 layout is what the rest of the project assumes: check it instead of trusting it
-        ids_of = defaultdict(set)  # piece -> every id it has, in the vocab list and in added_tokens
-        for p, i in [(p, i) for i, (p, _) in enumerate(vocab)] + list(added.items()):
+        self._cache = {}
+        self.id_to_piece, ids_of = [""] * self.size, defaultdict(set)  # ids_of: piece -> its ids
+        for i, p in [(i, p) for i, (p, _) in enumerate(vocab)] + [(i, p) for p, i in added.items()]:
+            self.id_to_piece[i] = p
             ids_of[p].add(i)
-        expected = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{f"<extra_id_{k}>": self.sentinel(k) for k in range(100)}}
-        for piece, i in expected.items():
-            if ids_of.get(piece) != {i}:
-                raise ValueError(f"tokenizer.json does not follow the T5 layout: {piece!r} has ids "
-                                 f"{sorted(ids_of.get(piece, []))}, expected {i} (vocabulary size {self.size})")
-        if model.get("unk_id", 2) != self.unk_id or model.get("byte_fallback"):
-            raise ValueError(f"unsupported unigram model: unk_id {model.get('unk_id')} (T5: 2), "
-                             f"byte_fallback {model.get('byte_fallback')} (T5: false)")
-        special = {i for i in added.values()} | set(expected.values())
-        # ordinary pieces only: specials never come out of Viterbi, they are matched as literal text first
+        expected = {"<pad>": 0, "</s>": 1, "<unk>": 2}  # the T5 layout: checked, not trusted
+        expected.update({f"<extra_id_{k}>": self.sentinel(k) for k in range(self.num_sentinels)})
+        bad = [f"{p} has ids {sorted(ids_of[p])}" for p, i in expected.items() if ids_of[p] != {i}]
+        if bad or model.get("unk_id", 2) != self.unk_id or model.get("byte_fallback"):
+            raise ValueError("tokenizer.json is not in the T5 layout (pad 0, eos 1, unk 2, "
+                             f"<extra_id_k> size-1-k, no byte_fallback): {(bad or ['unk_id'])[0]}")
+        special = set(added.values()) | set(expected.values())  # matched as text, never by Viterbi
         self.pieces = {p: (i, float(s)) for i, (p, s) in enumerate(vocab) if i not in special and p}
         self.max_piece_len = max(map(len, self.pieces), default=1)
-        self.unk_score = min((s for _, s in self.pieces.values()), default=0.0) - 10.0  # HF's kUnkPenalty
-        specials = sorted((c for c in {**added, **expected}), key=len, reverse=True)  # longest match first
+        self.unk_score = min((s for _, s in self.pieces.values()), default=0.0) - 10.0  # as HF
+        specials = sorted({**added, **expected}, key=len, reverse=True)  # longest match first
         self._special_re = re.compile("(" + "|".join(map(re.escape, specials)) + ")")
         self._special_ids = {c: min(ids_of[c]) for c in specials}
-        norm = [n["type"] for n in _typed_nodes(spec.get("normalizer"))]
-        forms = ["NFKC" if t == "Precompiled" else t for t in norm if t in ("Precompiled", "NFC", "NFD", "NFKC", "NFKD")]
-        self.unicode_form = forms[0] if forms else None
-        self.lowercase = "Lowercase" in norm
-        meta = next((n for n in _typed_nodes(spec.get("pre_tokenizer")) if n["type"] == "Metaspace"), {})
-        self.replacement = meta.get("replacement", "▁")
-        # old files say add_prefix_space (T5: true), newer ones prepend_scheme ("always" for T5)
-        self.prepend_scheme = meta.get("prepend_scheme") or ("always" if meta.get("add_prefix_space", True) else "never")
-        self._cache: dict[str, list[int]] = {}
-
-    @classmethod
-    def from_hf_json(cls, path: str) -> "UnigramTokenizer":
-        with open(path, encoding="utf-8") as f:
-            return cls(json.load(f))
 
     def _viterbi(self, word: str) -> list[int]:
-        n = len(word)
-        best = [-math.inf] * (n + 1)  # best[j]: highest score of a segmentation of word[:j]
+        n, best = len(word), [0.0] + [-math.inf] * len(word)  # best[j]: top score of word[:j]
         back = [(0, 0)] * (n + 1)  # back[j]: (start, id) of the last piece of that segmentation
-        best[0] = 0.0
         for i in range(n):
-            single = False
             for j in range(i + 1, min(n, i + self.max_piece_len) + 1):
                 hit = self.pieces.get(word[i:j])
-                if hit is None:
-                    continue
-                single |= j == i + 1
-                if best[i] + hit[1] > best[j]:
+                if hit is not None and best[i] + hit[1] > best[j]:
                     best[j], back[j] = best[i] + hit[1], (i, hit[0])
-            # a character no piece starts with: one unk for it, so every position stays reachable
-            if not single and best[i] + self.unk_score > best[i + 1]:
+            # a character no piece is: one unk for it, so every position stays reachable
+            if word[i] not in self.pieces and best[i] + self.unk_score > best[i + 1]:
                 best[i + 1], back[i + 1] = best[i] + self.unk_score, (i, self.unk_id)
         ids, j = [], n
         while j > 0:
             j, t = back[j]
-            ids.append(t)
-        ids.reverse()
-        return [t for k, t in enumerate(ids) if not (t == self.unk_id and k and ids[k - 1] == self.unk_id)]
+            if not (t == self.unk_id and ids and ids[-1] == t):  # a run of unks becomes one
+                ids.append(t)
+        return ids[::-1]
 
     def encode(self, text: str) -> list[int]:
         out = []
         for si, segment in enumerate(self._special_re.split(text)):
-            if si % 2:  # odd parts of re.split with a group are the matched special tokens
+            if si % 2:  # the odd parts of re.split with a group are the matched special tokens
                 out.append(self._special_ids[segment])
                 continue
-            if self.unicode_form:
-                segment = unicodedata.normalize(self.unicode_form, segment)
-            if self.lowercase:
-                segment = segment.lower()
-            for wi, word in enumerate(segment.split()):
-                # "▁" marks a preceding space; the first word gets one too under T5's add_prefix_space
-                spaced = wi > 0 or segment[:1].isspace()
-                if spaced or self.prepend_scheme == "always" or (self.prepend_scheme == "first" and si == 0):
-                    word = self.replacement + word
-                ids = self._cache.get(word)
-                if ids is None:
-                    ids = self._viterbi(word)
-                    if len(self._cache) < 1_000_000:
-                        self._cache[word] = ids
-                out.extend(ids)
+            for word in unicodedata.normalize("NFKC", segment).split():  # "▁" stands for a space
+                out.extend(self._cached("▁" + word, self._viterbi))
         return out
 
     def decode(self, ids) -> str:
-        text = "".join(self.sentinel_text(i) if self.is_sentinel(i) else self.id_to_piece[i]
-                       for i in self._content_ids(ids))
-        text = text.replace(self.replacement, " ")
-        # the Metaspace decoder drops the space that the prefix "▁" of the first word stands for
-        return text[1:] if text.startswith(" ") and self.prepend_scheme != "never" else text
+        text = "".join(f"<extra_id_{self.size - 1 - i}>" if self.is_sentinel(i)
+                       else self.id_to_piece[i] for i in self._content_ids(ids))
+        text = text.replace("▁", " ")  # and the Metaspace decoder drops the first word's space
+        return text[1:] if text.startswith(" ") else text
 
-    def save(self, path: str) -> None:
-        write_json_atomic(path, self.spec)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Loading, default corpus, caching.
 
 def load_tokenizer(path: str) -> Tokenizer:
-    """Our BPE json (written by BPETokenizer.save) or a Hugging Face T5 tokenizer.json (unigram)."""
-    with open(path, encoding="utf-8") as f:
-        spec = json.load(f)
-    if spec.get("type") == "byte_level_bpe":
-        if spec.get("pretokenize_pattern") != PRETOKENIZE_PATTERN:
-            raise ValueError(f"{path} was trained with a different pre-tokenizer pattern; retrain it")
-        return BPETokenizer(spec["size"], spec["merges"])
-    if (spec.get("model") or {}).get("type") == "Unigram":
+    """Our BPE json (BPETokenizer.save) or a Hugging Face T5 tokenizer.json (unigram)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = json.load(f)
+        if spec.get("type") == "byte_level_bpe":
+            if spec.get("pretokenize_pattern") != PRETOKENIZE_PATTERN:
+                raise ValueError("trained with another pre-tokenizer pattern; retrain it")
+            return BPETokenizer(spec["size"], spec["merges"])
         return UnigramTokenizer(spec)
-    raise ValueError(f"{path} is neither our byte-level BPE json nor a Hugging Face unigram tokenizer.json")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # not JSON, or not this shape
+        raise config.UserError(f"tokenizer file {path}: {type(e).__name__}: {e}") from None
 
 
-def default_corpus(data_dir: str, max_chars_per_file: int | None = None, natural_only: bool = False) -> Iterator[str]:
-    """natural_text/train.txt plus source and target of every `<task>/train.jsonl` (or the original release's
-    `train.txt` with input<TAB>target) in data_dir. `max_chars_per_file` caps each file's contribution, which
-    bounds training time and keeps the two large files (CNN articles, SQuAD contexts) from dominating.
-    `natural_only`: the natural text alone, as T5's SentencePiece model was trained on C4 alone; then every
-    downstream token is a piece natural pre-training has seen (with the mixed corpus, 60% of MTOP's target
-    tokens, pieces like "[IN:", never occur in natural_text, so natural pre-training only ever pushes them down)."""
-    files = [os.path.join(data_dir, "natural_text", "train.txt")]  # plain text, one paragraph per line
-    for task in sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) and not natural_only else []:
-        for name in ("train.jsonl", "train.txt"):
-            if task != "natural_text" and os.path.isfile(os.path.join(data_dir, task, name)):
-                files.append(os.path.join(data_dir, task, name))
-                break
+def default_corpus(data_dir: str, max_chars_per_file=None, natural_only: bool = False):
+    """natural_text/train.txt, then each task's train.jsonl (source and target; or the original
+    release's train.txt), max_chars_per_file of each so CNN and SQuAD do not dominate. natural_only:
+    as T5's vocabulary saw C4 alone (else 60% of MTOP's target tokens, like "[IN:", never occur in
+    natural_text, so natural pre-training only ever pushes them down)."""
+    files = [os.path.join(data_dir, "natural_text", "train.txt")]
+    for task in [] if natural_only else sorted(os.listdir(data_dir)):
+        paths = [os.path.join(data_dir, task, name) for name in ("train.jsonl", "train.txt")]
+        files += [p for p in paths if os.path.isfile(p)][:1] if task != "natural_text" else []
     for fi, path in enumerate(files):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"tokenizer corpus file {path} is missing (data_dir={data_dir!r})")
         budget = max_chars_per_file or math.inf
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
-                if path.endswith(".jsonl") and not line.strip():
+                if not path.endswith(".jsonl"):
+                    parts = [line] if fi == 0 else line.rstrip("\n").split("\t")
+                elif not line.strip():
                     continue  # a blank line (e.g. at the end of a file) holds no example
-                if path.endswith(".jsonl"):
-                    try:
-                        ex = json.loads(line)
-                        parts = [ex["source"], ex["target"]]
-                    except (json.JSONDecodeError, KeyError, TypeError) as e:
-                        raise ValueError(f"{path}:{n}: expected a JSON object with source and target ({e})")
-                elif fi == 0:
-                    parts = [line]
                 else:
-                    parts = line.rstrip("\n").split("\t")
+                    try:
+                        parts = [(ex := json.loads(line))["source"], ex["target"]]
+                    except (json.JSONDecodeError, KeyError, TypeError) as e:
+                        raise config.UserError(f"{path}:{n}: expected a JSON object with source "
+                                               f"and target ({e})") from None
                 for text in parts:
                     yield text
                     budget -= len(text)
@@ -441,37 +263,38 @@ def default_corpus(data_dir: str, max_chars_per_file: int | None = None, natural
                     break
 
 
-def get_tokenizer(data_dir: str, size: int, path: str, max_chars_per_file: int | None = 10_000_000,
+def get_tokenizer(data_dir: str, size: int, path: str, max_chars_per_file=10_000_000,
                   progress: bool = True, natural_only: bool = False) -> Tokenizer:
-    """Load the tokenizer cached at `path`, or train a BPE of `size` on default_corpus(data_dir) and save it
-    there (atomically, so parallel runs never read a half-written file). On ../shared/data at size 8192 with
-    the default 10M-character cap per file (40M characters in all) training takes about 35-45 s on 2 CPU cores;
-    uncapped (77M characters) about 45 s."""
-    if os.path.exists(path):
-        tok = load_tokenizer(path)
-        if tok.size != size:
-            raise ValueError(f"cached tokenizer {path} has size {tok.size}, but size {size} was asked for; "
-                             f"delete it or pass another path")
-        return tok
-    tok = train_bpe(default_corpus(data_dir, max_chars_per_file, natural_only), size, progress=progress)
-    tok.save(path)
+    """The tokenizer at `path`, or a BPE of `size` trained on default_corpus(data_dir), saved there
+    (atomically: parallel runs never read half a file). Size 8192 on the development data: ~40 s."""
+    if not os.path.exists(path):
+        corpus = default_corpus(data_dir, max_chars_per_file, natural_only)
+        train_bpe(corpus, size, progress=progress).save(path)
+    if (tok := load_tokenizer(path)).size != size:
+        raise config.UserError(f"tokenizer {path} has size {tok.size}, not {size}: delete it")
     return tok
 
 
+@dataclass
+class TokenizerConfig:
+    data_dir: str = config.DATA_DIR       # holds natural_text/ and the downstream task folders
+    size: int = 8192                      # vocabulary size, the 100 sentinels included
+    path: str = "out/bpe8192.json"        # loaded if it exists, else trained and saved there
+    max_chars_per_file: int = 10_000_000  # characters read from each corpus file (0: all)
+    natural_only: bool = False            # train on natural_text alone (see default_corpus)
+
+
+def main(argv):
+    cfg, t0 = config.parse(TokenizerConfig, argv, doc=__doc__), time.time()
+    config.check_range("size", cfg.size, FIRST_MERGE_ID + Vocab.num_sentinels)
+    tok = get_tokenizer(**vars(cfg))  # the settings are get_tokenizer's arguments
+    print(f"tokenizer {cfg.path}: size {tok.size}, ready in {time.time() - t0:.1f} s")
+    for path in sorted(glob.glob(os.path.join(cfg.data_dir, "*", "validation.jsonl"))):
+        with open(path, encoding="utf-8") as f:  # validation text: not seen in training
+            texts = [json.loads(line)[k] for line in f for k in ("source", "target")][:2000]
+        ratio = sum(len(tok.encode(t)) for t in texts) / sum(map(len, texts))
+        print(f"{os.path.basename(os.path.dirname(path)):18s} {ratio:.3f} tokens/char")
+
+
 if __name__ == "__main__":
-    # --key=value arguments, as in the training scripts; max_chars_per_file=0 reads whole files
-    args = dict(data_dir="../shared/data", size=8192, path="out/bpe8192.json", max_chars_per_file=10_000_000,
-                natural_only=0)  # natural_only=1: train on natural_text alone (default_corpus)
-    for key, _, value in (arg.lstrip("-").partition("=") for arg in sys.argv[1:]):
-        if key not in args:
-            raise SystemExit(f"unknown argument {key!r}; valid: {', '.join(args)}")
-        args[key] = type(args[key])(value)
-    t0 = time.time()
-    tok = get_tokenizer(args["data_dir"], args["size"], args["path"], args["max_chars_per_file"],
-                        natural_only=bool(args["natural_only"]))
-    print(f"tokenizer {args['path']}: size {tok.size}, ready in {time.time() - t0:.1f} s")
-    for task in sorted(os.listdir(args["data_dir"])):  # validation text: not seen in training
-        if os.path.isfile(fname := os.path.join(args["data_dir"], task, "validation.jsonl")):
-            with open(fname, encoding="utf-8") as f:
-                texts = [json.loads(line)[key] for line in f for key in ("source", "target")][:2000]
-            print(f"{task:18s} {sum(len(tok.encode(t)) for t in texts) / sum(map(len, texts)):.3f} tokens/char")
+    config.main(main)

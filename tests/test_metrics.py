@@ -1,12 +1,13 @@
-"""Tests for metrics.py: every metric against cases computed by hand. Run: python -m pytest -q tests/test_metrics.py"""
+"""Tests for metrics.py: every metric against cases computed by hand.
+Run: python -m pytest -q tests/test_metrics.py"""
 import os
 import sys
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from metrics import (compute_metrics, exact_match, normalize_squad, rouge, rouge_tokenize, squad_em_f1,
-                     token_f1)
+from metrics import (compute_metrics, exact_match, normalize_squad, rouge, rouge_tokenize,
+                     squad_em_f1, token_f1)
 
 
 def test_exact_match_is_raw():
@@ -40,7 +41,8 @@ def test_squad_max_over_answers():
     # gold answers: "the Denver Broncos" -> "denver broncos", "Broncos" -> "broncos"
     # pred "Denver Broncos." -> "denver broncos": EM 1 against the first
     assert squad_em_f1("Denver Broncos.", ["the Denver Broncos", "Broncos"]) == (1.0, 1.0)
-    # pred "Broncos team" vs "denver broncos": overlap 1, P 1/2, R 1/2, F1 .5; vs "broncos": P 1/2, R 1 -> 2/3
+    # pred "Broncos team" vs "denver broncos": overlap 1, P 1/2, R 1/2, F1 .5;
+    # vs "broncos": P 1/2, R 1 -> 2/3
     em, f1 = squad_em_f1("Broncos team", ["the Denver Broncos", "Broncos"])
     assert em == 0.0 and f1 == pytest.approx(2 / 3)
     with pytest.raises(ValueError):
@@ -48,7 +50,8 @@ def test_squad_max_over_answers():
 
 
 def test_rouge_tokenizer():
-    assert rouge_tokenize("Hello, World! It's 2-for-1 café") == ["hello", "world", "it", "s", "2", "for", "1", "caf"]
+    assert (rouge_tokenize("Hello, World! It's 2-for-1 café")
+            == ["hello", "world", "it", "s", "2", "for", "1", "caf"])
 
 
 def test_rouge_worked_example():
@@ -62,8 +65,9 @@ def test_rouge_worked_example():
     #          pred (the cat)(cat was)(was on)(on the)(the mat)(mat it)(it sat)(sat happily);
     #          common: the cat, on the, the mat, mat it = 4 of 8 each -> 1/2
     # ROUGE-L: LCS of the whole texts = "the cat on the mat it" = 6 -> 6/9
-    # ROUGE-Lsum: ref sentence 1 vs pred sentence 1: LCS "the cat on the mat" (5), vs pred sentence 2: "sat";
-    #   union = all 6 tokens of ref sentence 1. ref sentence 2 "it was happy": "was" (pred 1) + "it" (pred 2)
+    # ROUGE-Lsum: ref sentence 1 vs pred sentence 1: LCS "the cat on the mat" (5), vs pred
+    #   sentence 2: "sat"; union = all 6 tokens of ref sentence 1. ref sentence 2 "it was happy":
+    #   "was" (pred 1) + "it" (pred 2)
     #   = 2. Hits 8, none clipped (each token is still available in both counts) -> P = R = 8/9
     scores = rouge(pred, ref)
     assert scores["rouge1"] == pytest.approx(8 / 9)
@@ -73,7 +77,8 @@ def test_rouge_worked_example():
 
 
 def test_rouge_asymmetric_and_empty():
-    # pred "a b" vs ref "a b c d": P = 1, R = 1/2 -> F = 2/3 for rouge1; bigrams: (a b) of 1 and 3 -> P 1, R 1/3 -> 1/2
+    # pred "a b" vs ref "a b c d": P = 1, R = 1/2 -> F = 2/3 for rouge1;
+    # bigrams: (a b) of 1 and 3 -> P 1, R 1/3 -> 1/2
     s = rouge("a b", "a b c d")
     assert s["rouge1"] == pytest.approx(2 / 3) and s["rouge2"] == pytest.approx(0.5)
     assert s["rougeL"] == pytest.approx(2 / 3) and s["rougeLsum"] == pytest.approx(2 / 3)
@@ -82,8 +87,9 @@ def test_rouge_asymmetric_and_empty():
 
 
 def test_rouge_lsum_clips_repeated_tokens():
-    # ref sentences: [a b] [a b]; pred sentences: [a b]. Each ref sentence's union LCS is "a b" (4 tokens in
-    # all), but pred holds one a and one b, so only 2 hits count: P = 2/2, R = 2/4 -> F = 2/3
+    # ref sentences: [a b] [a b]; pred sentences: [a b]. Each ref sentence's union LCS is "a b"
+    # (4 tokens in all), but pred holds one a and one b, so only 2 hits count: P = 2/2, R = 2/4
+    # -> F = 2/3
     assert rouge("a b", "a b .\na b")["rougeLsum"] == pytest.approx(2 / 3)
 
 

@@ -1,5 +1,5 @@
-"""Tests for tasks.py: every task checked against its definition (PAPER.md §3, Appendix A) on many seeded examples.
-
+"""Tests for tasks.py: every task checked against its definition (the paper's Section 3,
+Appendix A) on many seeded examples, streams, batches and the command line.
 Run: python -m pytest -q tests/test_tasks.py
 """
 import os
@@ -10,18 +10,19 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import config  # noqa: E402
 import tasks as T  # noqa: E402
 from tokenizer import Vocab  # noqa: E402
 
 V = Vocab(32100)  # paper scale: special ids equal T5's
 S0, S1, S2, S3 = (V.sentinel(k) for k in range(4))
-CONTENT = range(2, 32000)  # V = {2..31999} (PAPER §3.0)
+CONTENT = range(2, 32000)  # V = {2..31999}
 N = 300  # seeded examples per check
 DIGITS = {T.word_id(str(d), V): str(d) for d in range(10)}
 
 
 class CharTok(Vocab):
-    """Character-level stand-in for the project tokenizer: printable ASCII ch -> 3 + ord(ch) - 32, others -> unk."""
+    """A character-level tokenizer: printable ASCII ch -> 3 + ord(ch) - 32, others -> unk."""
 
     def __init__(self):
         super().__init__(300)
@@ -33,9 +34,8 @@ class CharTok(Vocab):
         return "".join(chr(i - 3 + 32) for i in ids if 3 <= i < 98)
 
 
-
 def unspan(src, tgt, is_sentinel):
-    """Fill each sentinel of a span-corrupted input with its span from the target: (original, spans)."""
+    """Each sentinel of a span-corrupted input filled with its span: (original, spans)."""
     spans, cur = {}, None
     for t in tgt:
         if is_sentinel(t):
@@ -44,13 +44,14 @@ def unspan(src, tgt, is_sentinel):
             cur.append(t)
     return [y for t in src for y in spans.get(t, [t])], spans
 
+
 def examples(name, n=N, vocab=V, **kw):
     task = T.get_task(name, vocab, **kw)
     return [task.example(random.Random(i)) for i in range(n)]
 
 
 def parts(src, tgt):
-    """Split a simple-task example into (a, b or None, target without EOS), checking the layout on the way."""
+    """A simple-task example as (a, b or None, target without EOS), its layout checked."""
     assert src[-1] == 1 and tgt[-1] == 1 and src.count(S0) == 1
     body = src[src.index(S0) + 1:-1]
     if S2 in body:
@@ -64,9 +65,10 @@ def number(ids):
 
 
 def test_t5_prefixes_and_special_ids():
-    for name, orig in T.SIMPLE_ORIG.items():
+    for name, (_, _, t5_ids) in T.SIMPLE.items():
         src, _ = examples(name, 1)[0]
-        assert src[:src.index(S0)] == T.T5_PREFIX[orig], name
+        assert src[:src.index(S0)] == t5_ids, name
+    assert T.SIMPLE["identity"][1:] == ("copy", [2405])  # the original's name, T5's "▁copy"
     assert (S0, S1, S2, S3) == (32099, 32098, 32097, 32096)
     assert {tuple(t) for _, t in examples("search", 100)} == {(4273, 1), (150, 1)}  # yes / no
 
@@ -106,7 +108,7 @@ def test_set_deduplicate_and_unary_tasks():
             else:
                 cur.append(t)
         longest = max(len(w) for w in words)
-        assert all(words) and out == next(w for w in words if len(w) == longest)  # first of the longest
+        assert all(words) and out == next(w for w in words if len(w) == longest)  # the first
 
 
 def test_sort_is_permutation_ordered_by_last_index():
@@ -130,7 +132,7 @@ def test_set_operations_agree_with_python_sets():
                 empty += 1
                 continue
             assert len(out) == len(set(out)) and set(out) == want
-            first = list(dict.fromkeys(b if name == "set2_minus_set1" else a + b))  # documented order
+            first = list(dict.fromkeys(b if name == "set2_minus_set1" else a + b))  # our order
             assert out == [t for t in first if t in want]
     assert empty > 0  # the empty-output token is exercised
 
@@ -142,7 +144,7 @@ def test_count_and_length_decode_to_true_numbers():
     for src, tgt in examples("length"):
         a, _, out = parts(src, tgt)
         assert number(out) == len(a)
-    tok = CharTok()  # with a tokenizer: str(n) encoded, task name encoded as the original spelled it
+    tok = CharTok()  # with a tokenizer: str(n) encoded, the task name as the original spelled it
     for src, tgt in examples("count", 100, vocab=tok, tokenizer=tok):
         body = src[src.index(tok.sentinel(0)) + 1:-1]
         i = body.index(tok.sentinel(2))
@@ -170,7 +172,7 @@ def test_replace_and_n_task_tokens():
     for src, tgt in examples("replace"):
         a, (k, v), out = parts(src, tgt)
         assert k in a and out == [v if t == k else t for t in a]
-    for src, tgt in examples("identity", 50, n_task_tokens=2):  # vocabulary ablation: first 2 content ids
+    for src, tgt in examples("identity", 50, n_task_tokens=2):  # the first 2 content ids only
         assert set(parts(src, tgt)[0]) <= {2, 3}
     with pytest.raises(ValueError, match="68"):
         T.get_task("lime", V, n_task_tokens=10)
@@ -181,7 +183,8 @@ def parse_lime(src):
     assert src[0] == upp and src[-1] == 1
     i_low, i_mth = src.index(low), src.index(mth)
     variables, lower, math = src[1:i_low], src[i_low + 1:i_mth], src[i_mth + 1:i_mth + 21]
-    assert len(lower) == 24 and src[i_mth + 21] == sep and len(set(variables + lower + math)) == len(variables) + 44
+    assert len(lower) == 24 and src[i_mth + 21] == sep
+    assert len(set(variables + lower + math)) == len(variables) + 44
     rest = src[i_mth + 22:-1]
     j = rest.index(sep)
     return variables, rest[:j], rest[j + 1:], (col, lbr, rbr)
@@ -220,8 +223,10 @@ def test_lime_modes_are_consistent():
             n_vars = sum(t in d for t in rule)
             assert n_vars in (6, 8, 10) and 5 <= len(rule) - n_vars <= 19
             assert all(2 <= len(s) <= 8 for s in d.values())
-            assert all(t in CONTENT for t in variables + rule + y + x if t not in syms and t < 32000)
-            assert all(t in CONTENT for t in src[:-1] if t < 32000) and max(src[:-1] + out) <= V.sentinel(93)
+            drawn = [t for t in variables + rule + y + x if t not in syms and t < 32000]
+            assert all(t in CONTENT for t in drawn)
+            assert all(t in CONTENT for t in src[:-1] if t < 32000)
+            assert max(src[:-1] + out) <= V.sentinel(93)
     srcs = [src[0] for src, _ in examples("lime", 30)]  # the mixture carries no task prefix either
     assert all(s == V.sentinel(97) for s in srcs)
 
@@ -231,7 +236,8 @@ def test_lime_too_short_max_len_fails_instead_of_looping():
     with pytest.raises(ValueError, match="max_len=64 .* use max_len >= 128"):
         task.example(random.Random(0))
     short = T.get_task("lime_deduct", V, max_len=100)  # tight but possible: every example fits
-    assert all(len(s) <= 100 and len(t) <= 100 for s, t in (short.example(random.Random(i)) for i in range(50)))
+    pairs = [short.example(random.Random(i)) for i in range(50)]
+    assert all(len(s) <= 100 and len(t) <= 100 for s, t in pairs)
 
 
 def test_mixture_equal_rates_and_names():
@@ -247,7 +253,7 @@ def test_mixture_equal_rates_and_names():
 
 def test_span_corrupt_reconstructs_original():
     rng = random.Random(0)
-    assert T.span_tokens_length(512) == 568 and T.span_tokens_length(256) == 284  # T5 random_spans_helper
+    assert T.span_tokens_length(512) == 568 and T.span_tokens_length(256) == 284  # as T5's helper
     for L in range(4, 300):  # the corrupted input plus EOS fills inputs_length without exceeding it
         n_in = len(T.span_corrupt(list(range(3, 3 + T.span_tokens_length(L))), V, rng)[0]) + 1
         assert L - 2 <= n_in <= L
@@ -314,14 +320,14 @@ def test_collate_pads_and_counts_truncation():
     assert cut == 0 and batch["input_ids"].shape == (2, 8) and batch["labels"].dtype == torch.long
 
 
-# ----------------------------------------------------------------------------- nonsense summarisation (Appendix A)
-D = ["kab tue mod pic rog .", "lud sef nib wac hoe .", "jag vud zeb fic gad .", "xob yic duf oca meg .",
-     "bed ruf tob kic nad ."]
+# ------------------------------------------------------------ nonsense summarisation (Appendix A)
+D = ["kab tue mod pic rog .", "lud sef nib wac hoe .", "jag vud zeb fic gad .",
+     "xob yic duf oca meg .", "bed ruf tob kic nad ."]
 TR = {t.tid: t for t in T.TRANSFORMS}
 
 
 def out(tid, changed, rng=None):
-    """The summary of task `tid` on document D with the given lines replaced (Appendix A.6 examples)."""
+    """The summary of task `tid` on document D with some lines replaced (A.6's examples)."""
     lines = [s.split(" ") for s in D]
     for i, s in changed.items():
         lines[i] = s.split(" ")
@@ -331,7 +337,8 @@ def out(tid, changed, rng=None):
 def test_nonsense_vocabulary_and_tasks():
     assert len(T.NONSENSE_WORDS) == 5000 and T.NONSENSE_WORDS[:2] == ["aaa", "baa"]
     assert T.NONSENSE_WORDS[26] == "aba" and T.NONSENSE_WORDS[4999] == "hkh"
-    assert [t.name for t in T.TRANSFORMS][:2] == ["CopyKeywordOneSentence", "CopyKeywordMultipleSentences"]
+    assert [t.name for t in T.TRANSFORMS][:2] == ["CopyKeywordOneSentence",
+                                                  "CopyKeywordMultipleSentences"]
     assert len(TR) == 16 and len(set(T.WORDS)) == len(T.WORDS)
 
 
@@ -346,34 +353,41 @@ def test_nonsense_transformations_hand_checked():
     d6 = {0: "kab tue __d6__keyword_8__ pic rog .", 1: "lud sef nib __d6__keyword_1__ hoe .",
           4: "bed ruf tob kic __d6__keyword_4__ ."}
     assert out("d6", d6) == [d6[1], d6[4], d6[0]]
-    assert out("d7", {1: "lud sef __d7__begin_quote__ nib wac __d7__end_quote__ hoe ."}) == ["nib wac ."]
-    assert out("d7", {1: "lud sef nib __d7__begin_quote__ wac hoe . __d7__end_quote__"}) == ["wac hoe ."]
+    q0, q1 = "__d7__begin_quote__", "__d7__end_quote__"
+    assert out("d7", {1: f"lud sef {q0} nib wac {q1} hoe ."}) == ["nib wac ."]
+    assert out("d7", {1: f"lud sef nib {q0} wac hoe . {q1}"}) == ["wac hoe ."]
     assert out("d8", {3: "__d8__bullet__ xob yic duf oca meg ."}) == ["xob yic duf oca meg ."]
     assert out("d10", {4: "bed ruf __d10__keyword_6__ kic nad ."}) == ["the keyword was negative ."]
-    assert out("d11", {0: "kab tue mod __d11__class_2_kw_1__ rog ."}) == ["kab tue mod __d11__class_2__ rog ."]
-    assert out("d12", {0: "__d12__keyword_1__ tue mod pic rog .", 2: "jag vud zeb __d12__keyword_2__ gad .",
-                       4: "bed ruf tob kic __d12__keyword_1__ ."}) == ["The keyword 1 occurred more number of times ."]
-    d13 = {1: "lud __d13__class_2_kw_0__ nib wac hoe .", 2: "jag vud __d13__class_0_kw_2__ fic gad .",
+    assert (out("d11", {0: "kab tue mod __d11__class_2_kw_1__ rog ."})
+            == ["kab tue mod __d11__class_2__ rog ."])
+    d12 = {0: "__d12__keyword_1__ tue mod pic rog .", 2: "jag vud zeb __d12__keyword_2__ gad .",
+           4: "bed ruf tob kic __d12__keyword_1__ ."}
+    assert out("d12", d12) == ["The keyword 1 occurred more number of times ."]
+    d13 = {1: "lud __d13__class_2_kw_0__ nib wac hoe .",
+           2: "jag vud __d13__class_0_kw_2__ fic gad .",
            4: "bed ruf tob __d13__class_2_kw_1__ nad ."}
     assert out("d13", d13) == ["section __d13__class_0__", d13[2], "section __d13__class_1__",
                                "section __d13__class_2__", d13[1], d13[4]]
-    assert out("d14", {2: "jag vud zeb fic __d14__50__ ."}) == ["the number was above or equal to threshold ."]
+    assert (out("d14", {2: "jag vud zeb fic __d14__50__ ."})
+            == ["the number was above or equal to threshold ."])
     assert out("d14", {2: "jag vud zeb fic __d14__49__ ."}) == ["the number was below threshold ."]
     assert out("d16", {1: "lud sef __d16__7__ wac hoe .", 3: "xob yic duf __d16__42__ meg ."}) == [
         "The largest number is 42 ."]
     assert out("d18", {1: "__d18__src_3__ sef nib wac hoe ."}, random.Random(1))[0] in [
         f"__d18__target_3_{j}__ sef nib wac hoe ." for j in range(3)]
-    assert out("d19", {0: "kab tue __d19__join_4__ pic rog .", 2: "jag vud zeb __d19__join_0__ gad .",
-                       3: "__d19__join_1__ yic duf oca meg ."}) == [
-        "The combined sentence is __d19__join_4__ pic rog __d19__join_0__ gad __d19__join_1__ yic duf oca meg ."]
+    d19 = {0: "kab tue __d19__join_4__ pic rog .", 2: "jag vud zeb __d19__join_0__ gad .",
+           3: "__d19__join_1__ yic duf oca meg ."}
+    assert out("d19", d19) == ["The combined sentence is __d19__join_4__ pic rog __d19__join_0__ "
+                               "gad __d19__join_1__ yic duf oca meg ."]
     assert out("d20", {3: "xob __d20__join_0__ duf __d20__join_3__ meg ."}) == [
         "xob __d20__join_0__ duf .", "xob __d20__join_3__ meg ."]
     assert out("d20", {3: "__d20__join_2__ yic duf oca __d20__join_1__ ."}) == [
         "__d20__join_2__ yic duf oca .", "__d20__join_1__ ."]
     assert out("d21", {1: "lud sef nib __d21__keyword_0__ hoe ."}) == ["lud sef nib ."]
-    assert out("d21", {1: "__d21__keyword_0__ sef nib wac hoe ."}) == ["."]  # keyword first: "." alone
+    assert out("d21", {1: "__d21__keyword_0__ sef nib wac hoe ."}) == ["."]  # keyword first
     # A.7 composite (d8, d14, d3): d8's copied line carries d14's token.
-    final = {0: "kab tue mod pic __d3__keyword_3__ .", 2: "__d8__bullet__ jag vud __d14__17__ fic gad ."}
+    final = {0: "kab tue mod pic __d3__keyword_3__ .",
+             2: "__d8__bullet__ jag vud __d14__17__ fic gad ."}
     summary = [s for tid in ("d8", "d14", "d3") for s in out(tid, final)]
     assert " ".join(summary) == ("jag vud __d14__17__ fic gad . the number was below threshold . "
                                  "kab tue mod pic __d3__keyword_3__ .")
@@ -383,11 +397,13 @@ def test_nonsense_modifications_follow_their_rules():
     rng = random.Random(0)
     for _ in range(40):
         for t in T.TRANSFORMS:
-            lines = [rng.choices(T.NONSENSE_WORDS, k=rng.randint(5, 15)) + ["."] for _ in range(rng.randint(7, 13))]
+            lines = [rng.choices(T.NONSENSE_WORDS, k=rng.randint(5, 15)) + ["."]
+                     for _ in range(rng.randint(7, 13))]
             before = [list(w) for w in lines]
             t.modify(lines, rng)
             found = t.find(lines)
-            n_lines = {"d4": {3}, "d5": {3}, "d6": {3}, "d19": {3}, "d12": {3, 5}, "d13": {2, 3, 4, 5},
+            n_lines = {"d4": {3}, "d5": {3}, "d6": {3}, "d19": {3}, "d12": {3, 5},
+                       "d13": {2, 3, 4, 5},
                        "d16": {1, 2, 3, 4}}.get(t.tid, {1})
             assert len(found) in n_lines, t.tid
             for i, kws in found:
@@ -397,7 +413,8 @@ def test_nonsense_modifications_follow_their_rules():
                 elif t.tid == "d8":
                     assert w == [kws[0]] + old
                 else:  # same length, the last token untouched, only keyword positions changed
-                    assert len(w) == len(old) and w[-1] == "." and len(kws) == (2 if t.tid == "d20" else 1)
+                    assert len(w) == len(old) and w[-1] == "."
+                    assert len(kws) == (2 if t.tid == "d20" else 1)
                     assert all(w[p] == old[p] for p in range(len(w)) if w[p] not in kws)
                 if t.tid == "d19":
                     assert w.index(kws[0]) <= len(w) - 3
@@ -434,21 +451,22 @@ def test_natural_text_span_corruption(tmp_path):
     with pytest.raises(FileNotFoundError):
         T.get_task("natural", tok, tokenizer=tok, data_dir=str(tmp_path))
     (tmp_path / "natural_text").mkdir()
-    docs = {"train": ["The cat sat on the mat today.", "Dogs bark.\nBirds sing loudly in the morning."],
+    docs = {"train": ["The cat sat on the mat today.",
+                      "Dogs bark.\nBirds sing loudly in the morning."],
             "validation": ["Validation text is different from training text entirely."]}
     for split, ds in docs.items():
         (tmp_path / "natural_text" / f"{split}.txt").write_text("\n\n".join(ds) + "\n")
     task = T.get_task("natural", tok, tokenizer=tok, data_dir=str(tmp_path), max_len=20)
     n = T.span_tokens_length(20)
     for split in ("train", "validation"):
-        corpus = "".join(d.replace("\n", "") for d in docs[split]) * 2  # windows may wrap into the next doc
+        corpus = "".join(d.replace("\n", "") for d in docs[split]) * 2  # windows may run on
         for src, tgt in T.TaskStream(task, 0, split).next_examples(30):
             orig, _ = unspan(src[:-1], tgt[:-1], tok.is_sentinel)
             assert len(orig) == n and len(src) <= 20 and tok.decode(orig) in corpus
 
 
-DATA_DIR = os.environ.get("DATA_DIR") or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                      "..", "shared", "data")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_DIR = os.environ.get("DATA_DIR") or os.path.join(ROOT, "..", "shared", "data")
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(DATA_DIR, "natural_text")),
@@ -461,3 +479,21 @@ def test_natural_on_real_corpus():
     for src, tgt in T.TaskStream(task, 0, "validation").next_examples(20):
         orig = tok.decode(unspan(src[:-1], tgt[:-1], tok.is_sentinel)[0])
         assert len(src) <= 64 and orig[:40] in corpus
+
+
+def test_command_line(capsys, monkeypatch):
+    with pytest.raises(SystemExit) as e:
+        T.main(["-h"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "--task='set'" in out and "--bench=False" in out
+    T.main(["--task=reverse", "--n=2", "--vocab_size=256"])
+    out = capsys.readouterr().out
+    assert out.count("source (") == 2 and out.count("target (") == 2
+    with pytest.raises(config.UserError, match="--task=nope"):
+        T.main(["--task=nope"])
+    with pytest.raises(config.UserError, match="--vocab_size=100"):
+        T.main(["--vocab_size=100"])
+    monkeypatch.setattr(T, "TASKS", ["identity", "natural"])  # bench: every task but natural
+    T.main(["--bench=True"])
+    out = capsys.readouterr().out
+    assert "identity" in out and "examples/s" in out and "natural" not in out

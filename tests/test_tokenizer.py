@@ -1,5 +1,5 @@
-"""Tests for tokenizer.py: byte-level BPE (round trip, determinism, the efficient trainer against a naive one,
-sentinel layout, caching) and the T5 unigram reader on a hand-made tokenizer.json.
+"""Tests for tokenizer.py: byte-level BPE (round trip, determinism, the efficient trainer against a
+naive one, sentinel layout, caching), the T5 unigram reader on a hand-made tokenizer.json, the CLI.
 Run: python -m pytest -q tests/test_tokenizer.py"""
 import json
 import os
@@ -11,7 +11,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import tokenizer as T
+import config  # noqa: E402
+import tokenizer as T  # noqa: E402
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. The dog sleeps; the fox runs away!",
@@ -23,9 +24,11 @@ CORPUS = [
 ] * 3
 
 TRICKY = [
-    "", " ", "  ", "\n", "\t\r\n ", "a", "  leading and trailing  ", "multiple   spaces\n\n\nnewlines",
+    "", " ", "  ", "\n", "\t\r\n ", "a", "  leading and trailing  ",
+    "multiple   spaces\n\n\nnewlines",
     "emoji 😀👍🏽 family 👨‍👩‍👧 flag 🇫🇷", "CJK 汉字 かな カナ 한국어", "e\u0301 combining vs é precomposed",
-    "\x00\x01\x1f\x7f control chars", "\ufeffBOM and \u200bzero width", "<extra_id_3> typed by a user <pad></s>",
+    "\x00\x01\x1f\x7f control chars", "\ufeffBOM and \u200bzero width",
+    "<extra_id_3> typed by a user <pad></s>",
     "don't 'quoted' it's we'll THEY'RE", "snake_case __init__ x_1 ___", "1234567890 3.14159 -42",
     "RTL עברית العربية mixed", "\u2028line\u2029sep", "math 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ∑∫√", "a" * 500, "tab\there",
     "ÅÄÖ åäö ß ẞ ﬁ ligature", "\U0010ffff max code point", "¡¿¡¿ punctuation!!! ...",
@@ -54,10 +57,11 @@ def test_bpe_round_trip_random_unicode(bpe):
     rng = random.Random(0)
     for _ in range(300):
         # random bytes made into valid UTF-8 (any code point that survives the decode)
-        s = bytes(rng.randrange(256) for _ in range(rng.randrange(64))).decode("utf-8", errors="ignore")
+        s = bytes(rng.randrange(256) for _ in range(rng.randrange(64))).decode(errors="ignore")
         assert bpe.decode(bpe.encode(s)) == s
         # random code points from the whole Unicode range, surrogates excluded (they are not UTF-8)
-        s = "".join(chr(c) for c in (rng.randrange(0x110000) for _ in range(20)) if not 0xD800 <= c < 0xE000)
+        s = "".join(chr(c) for c in (rng.randrange(0x110000) for _ in range(20))
+                    if not 0xD800 <= c < 0xE000)
         assert bpe.decode(bpe.encode(s)) == s
 
 
@@ -70,7 +74,7 @@ def test_bpe_learns_and_compresses(bpe):
 
 
 def naive_train(texts, n_merges, min_frequency=2):
-    """Reference BPE: recount every pair over every word before each merge (slow, obviously right)."""
+    """Reference BPE: recount every pair of every word before each merge (slow, obviously right)."""
     counts = Counter(w for t in texts for w in T._PRETOKENIZE.findall(t))
     words = {w: [3 + b for b in w.encode()] for w in counts}
     merges = []
@@ -91,7 +95,7 @@ def naive_train(texts, n_merges, min_frequency=2):
 
 @pytest.mark.parametrize("min_frequency", [1, 2])
 def test_bpe_incremental_training_matches_naive(min_frequency):
-    text = CORPUS[:6]  # with min_frequency 2 this runs out of pairs after 46 merges: the early stop is tested too
+    text = CORPUS[:6]  # min_frequency 2 runs out of pairs after 46 merges: the early stop too
     tok = T.train_bpe(text, 359 + 150, min_frequency=min_frequency, progress=False)
     assert tok.merges == naive_train(text, 150, min_frequency)
     # encoding by merge rank gives the same words as training's merge-by-merge replay
@@ -114,7 +118,7 @@ def test_bpe_deterministic_and_save_load(bpe, tmp_path):
 
 
 def test_bpe_min_frequency_stops_early():
-    tok = T.train_bpe(["abcdefgh"], 1000, progress=False)  # every pair occurs once: nothing to merge
+    tok = T.train_bpe(["abcdefgh"], 1000, progress=False)  # each pair occurs once: no merge
     assert tok.merges == [] and tok.size == 1000 and tok.sentinel(0) == 999
     assert tok.decode(tok.encode("abcdefgh")) == "abcdefgh"
 
@@ -125,8 +129,9 @@ def test_sentinel_layout_and_decode(bpe):
     assert bpe.sentinel(0) == n - 1 and bpe.sentinel(99) == n - 100
     assert bpe.model_vocab_size == 512
     ids = bpe.encode("hi")
-    # pad/eos/-100 skipped (decode does not stop at eos), sentinels rendered, padding rows of the table skipped
-    assert bpe.decode([bpe.sentinel(0)] + ids + [1, bpe.sentinel(99), 0, -100]) == "<extra_id_0>hi<extra_id_99>"
+    # pad/eos/-100 skipped (decode does not stop at eos), sentinels rendered
+    assert (bpe.decode([bpe.sentinel(0)] + ids + [1, bpe.sentinel(99), 0, -100])
+            == "<extra_id_0>hi<extra_id_99>")
     assert bpe.decode(torch.tensor(ids + [1, 0, 0])) == "hi"
     # literal "<extra_id_3>" text is plain bytes; it round-trips but is not the sentinel id
     assert bpe.sentinel(3) not in bpe.encode("<extra_id_3>")
@@ -146,43 +151,64 @@ def test_get_tokenizer_trains_caches_and_loads(tmp_path):
     (data / "mtop" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = str(tmp_path / "cache" / "tok.json")
     tok = T.get_tokenizer(str(data), 400, path, progress=False)
-    assert os.path.exists(path) and [f for f in os.listdir(tmp_path / "cache")] == ["tok.json"]
-    assert tok.encode(" GET_WEATHER") != [3 + b for b in b" GET_WEATHER"]  # the task text was in the corpus
+    assert os.listdir(tmp_path / "cache") == ["tok.json"]  # no temporary file left behind
+    assert tok.encode(" GET_WEATHER") != [3 + b for b in b" GET_WEATHER"]  # task text in the corpus
     assert T.get_tokenizer(str(data), 400, path).merges == tok.merges  # second call loads the cache
-    with pytest.raises(ValueError, match="size"):
+    with pytest.raises(config.UserError, match="size"):
         T.get_tokenizer(str(data), 512, path)
-    # natural_only: the natural text alone (as T5's vocabulary saw C4 alone), so no merge of the task's text
-    nat = T.get_tokenizer(str(data), 400, str(tmp_path / "nat.json"), progress=False, natural_only=True)
+    # natural_only: the natural text alone (as T5's vocabulary saw C4), so no merge of task text
+    nat = T.get_tokenizer(str(data), 400, str(tmp_path / "nat.json"), progress=False,
+                          natural_only=True)
     assert list(T.default_corpus(str(data), natural_only=True)) == [c + "\n" for c in natural]
-    assert len(nat.encode(" GET_WEATHER")) > len(tok.encode(" GET_WEATHER")) and nat.merges != tok.merges
+    assert len(nat.encode(" GET_WEATHER")) > len(tok.encode(" GET_WEATHER"))
+    assert nat.merges != tok.merges
     (data / "mtop" / "train.jsonl").write_text('{"source": "x"}\n')
-    with pytest.raises(ValueError, match="train.jsonl:1"):
+    with pytest.raises(config.UserError, match="train.jsonl:1"):
         T.get_tokenizer(str(data), 400, str(tmp_path / "other.json"))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Unigram reader on a hand-made T5-style tokenizer.json (vocabulary of 200: 3 specials, pieces, fillers,
-# 100 sentinels at the top as in T5, so <extra_id_k> = 199 - k).
+def test_cli_help_and_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        T.main(["-h"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "--size=8192" in out and "--natural_only=False" in out
+    with pytest.raises(config.UserError, match="unknown setting --vocab"):
+        T.main(["--vocab=3"])
+    with pytest.raises(config.UserError, match="--size=300 must be >= 359"):
+        T.main(["--size=300"])
+    data = tmp_path / "data"
+    (data / "natural_text").mkdir(parents=True)
+    (data / "natural_text" / "train.txt").write_text("\n".join(CORPUS) + "\n")
+    (data / "mtop").mkdir()
+    (data / "mtop" / "validation.jsonl").write_text(json.dumps({"source": "a fox", "target": "x"}))
+    T.main([f"--data_dir={data}", "--size=400", f"--path={tmp_path / 't.json'}",
+            "--natural_only=True"])
+    assert "size 400" in (out := capsys.readouterr().out) and "mtop" in out and "tokens/char" in out
 
-PIECES = [("▁", -2.0), ("▁he", -3.0), ("llo", -3.0), ("▁hello", -4.5), ("h", -5.0), ("e", -5.0), ("l", -5.0),
-          ("o", -5.0), ("▁w", -3.0), ("or", -3.0), ("ld", -3.0), ("▁world", -10.0), ("w", -5.0), ("r", -5.0),
-          ("d", -5.0), ("!", -3.0), ("▁a", -2.5)]
+
+# Unigram reader on a hand-made T5-style tokenizer.json (vocabulary of 200: 3 specials, pieces,
+# fillers, 100 sentinels at the top as in T5, so <extra_id_k> = 199 - k).
+PIECES = [("▁", -2.0), ("▁he", -3.0), ("llo", -3.0), ("▁hello", -4.5), ("h", -5.0), ("e", -5.0),
+          ("l", -5.0), ("o", -5.0), ("▁w", -3.0), ("or", -3.0), ("ld", -3.0), ("▁world", -10.0),
+          ("w", -5.0), ("r", -5.0), ("d", -5.0), ("!", -3.0), ("▁a", -2.5)]
 
 
 def unigram_spec(new_style=False):
     vocab = [["<pad>", 0.0], ["</s>", 0.0], ["<unk>", 0.0]] + [list(p) for p in PIECES]
     vocab += [[f"<unused_{i}>", -20.0] for i in range(100 - len(vocab))]
     vocab += [[f"<extra_id_{k}>", 0.0] for k in reversed(range(100))]
-    added = [{"id": i, "content": c, "special": True} for i, c in enumerate(["<pad>", "</s>", "<unk>"])]
+    added = [{"id": i, "content": c, "special": True}
+             for i, c in enumerate(["<pad>", "</s>", "<unk>"])]
     added += [{"id": 199 - k, "content": f"<extra_id_{k}>", "special": True} for k in range(100)]
-    if new_style:  # tokenizers >= 0.19 writes Metaspace with prepend_scheme and a Replace for runs of spaces
-        normalizer = {"type": "Sequence", "normalizers": [{"type": "Precompiled", "precompiled_charsmap": "AA=="},
-                                                          {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]}
+    precompiled = {"type": "Precompiled", "precompiled_charsmap": "AA=="}
+    if new_style:  # tokenizers >= 0.19: Metaspace with prepend_scheme, a Replace for runs of spaces
+        replace = {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}
+        normalizer = {"type": "Sequence", "normalizers": [precompiled, replace]}
         pre = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}
     else:  # the t5-small file: WhitespaceSplit then Metaspace with add_prefix_space
-        normalizer = {"type": "Precompiled", "precompiled_charsmap": "AA=="}
-        pre = {"type": "Sequence", "pretokenizers": [{"type": "WhitespaceSplit"},
-                                                     {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True}]}
+        normalizer = precompiled
+        meta = {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True}
+        pre = {"type": "Sequence", "pretokenizers": [{"type": "WhitespaceSplit"}, meta]}
     return {"version": "1.0", "added_tokens": added, "normalizer": normalizer, "pre_tokenizer": pre,
             "decoder": {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True},
             "model": {"type": "Unigram", "unk_id": 2, "vocab": vocab}}
@@ -190,10 +216,9 @@ def unigram_spec(new_style=False):
 
 @pytest.mark.parametrize("new_style", [False, True])
 def test_unigram_segmentation_and_ids(tmp_path, new_style):
-    path = str(tmp_path / "tokenizer.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(unigram_spec(new_style), f)
-    tok = T.load_tokenizer(path)
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(unigram_spec(new_style)), encoding="utf-8")
+    tok = T.load_tokenizer(str(path))
     assert isinstance(tok, T.UnigramTokenizer) and tok.size == 200 and tok.sentinel(5) == 194
     pid = {p: i for i, (p, _) in enumerate([("<pad>", 0), ("</s>", 0), ("<unk>", 0)] + PIECES)}
     # "▁hello" (-4.5) beats "▁he"+"llo" (-6); "▁w"+"or"+"ld" (-9) beats "▁world" (-10)
@@ -203,37 +228,43 @@ def test_unigram_segmentation_and_ids(tmp_path, new_style):
     assert tok.encode("ｈｅｌｌｏ") == [pid["▁hello"]]  # Precompiled ~ NFKC: full-width letters fold
     # unknown characters: "▁" then one unk for the two unknown "Z"s (consecutive unks fuse)
     assert tok.encode("hello ZZ") == [pid["▁hello"], pid["▁"], 2]
-    assert tok.encode("hello ZoZ") == [pid["▁hello"], pid["▁"], 2, pid["o"], 2]  # not fused across "o"
-    # typed sentinel and special text map to their ids; the word after it gets its "▁" (prefix always)
+    assert tok.encode("hello ZoZ") == [pid["▁hello"], pid["▁"], 2, pid["o"], 2]  # not across "o"
+    # typed sentinel and special text map to their ids; the word after it gets its "▁" too
     assert tok.encode("hello<extra_id_5>world</s>") == [pid["▁hello"], 194] + hello_world[1:] + [1]
     assert tok.decode(hello_world + [1, 0, 0]) == "hello world"
     assert tok.decode([pid["▁hello"], 194, pid["▁a"]]) == "hello<extra_id_5> a"
-    tok.save(str(tmp_path / "copy.json"))
-    assert T.load_tokenizer(str(tmp_path / "copy.json")).encode("hello world") == hello_world
 
 
-def test_unigram_rejects_other_layouts(tmp_path):
+def test_bad_tokenizer_files(tmp_path):
     spec = unigram_spec()
     spec["added_tokens"][5]["id"] = 150  # <extra_id_2> moved
     with pytest.raises(ValueError, match="T5 layout"):
         T.UnigramTokenizer(spec)
     spec = unigram_spec()
     spec["model"]["type"] = "WordPiece"
-    path = tmp_path / "t.json"
-    path.write_text(json.dumps(spec))
-    with pytest.raises(ValueError, match="neither"):
-        T.load_tokenizer(str(path))
+    bad = {"wordpiece.json": json.dumps(spec), "moved.json": json.dumps(unigram_spec() | {
+        "added_tokens": [{"id": 150, "content": "<extra_id_2>"}]}), "text.json": "not json",
+        "list.json": "[1, 2]", "bpe.json": json.dumps({"type": "byte_level_bpe", "size": 400}),
+        "pattern.json": json.dumps({"type": "byte_level_bpe", "size": 400, "merges": [],
+                                    "pretokenize_pattern": "x"})}
+    for name, text in bad.items():  # one line naming the file, as a UserError
+        (tmp_path / name).write_text(text)
+        with pytest.raises(config.UserError, match=f"tokenizer file .*{name}"):
+            T.load_tokenizer(str(tmp_path / name))
+    with pytest.raises(config.UserError, match="neither"):
+        T.load_tokenizer(str(tmp_path / "wordpiece.json"))
 
 
-DATA_DIR = os.environ.get("DATA_DIR") or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                      "..", "shared", "data")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_DIR = os.environ.get("DATA_DIR") or os.path.join(ROOT, "..", "shared", "data")
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(DATA_DIR, "natural_text")),
                     reason="real data not found: set DATA_DIR or place it at ../shared/data")
 def test_bpe_on_real_data(tmp_path):
-    # a small tokenizer from a capped slice of every corpus file; round trip on unseen validation text
-    tok = T.get_tokenizer(DATA_DIR, 1024, str(tmp_path / "tok.json"), max_chars_per_file=300_000, progress=False)
+    # a small tokenizer from a capped slice of every corpus file; round trip on unseen text
+    tok = T.get_tokenizer(DATA_DIR, 1024, str(tmp_path / "tok.json"), max_chars_per_file=300_000,
+                          progress=False)
     n_chars = n_tokens = 0
     for task in sorted(os.listdir(DATA_DIR)):
         if os.path.isfile(path := os.path.join(DATA_DIR, task, "validation.jsonl")):
