@@ -21,7 +21,6 @@ from config import UserError, atomic_write
 
 NEG_INF = -1e9  # additive mask value: finite, so a fully masked row is uniform, never NaN
 
-
 @dataclass
 class T5Config:
     vocab_size: int = 8192  # embedding rows: the tokenizer's size rounded up to 128 (T5: 32128)
@@ -45,7 +44,6 @@ class T5Config:
         if self.feed_forward_proj not in ("relu", "gated-gelu"):
             raise UserError(f"feed_forward_proj={self.feed_forward_proj!r}: not relu or gated-gelu")
 
-
 PRESETS = {  # positional: vocab_size, d_model, d_kv, d_ff
     "cpu": T5Config(),  # quick on a 2-core CPU; vocab is tokenizer.py's default BPE size
     # half `cpu`'s width and depth (2.0M parameters): the CPU reproduction grid's model
@@ -57,16 +55,13 @@ PRESETS = {  # positional: vocab_size, d_model, d_kv, d_ff
     "t5-base": T5Config(32128, 768, 64, 3072, num_layers=12, num_decoder_layers=12, num_heads=12),
 }
 
-
 def get_config(preset: str = "cpu", **overrides) -> T5Config:
     if preset not in PRESETS:
         raise UserError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
     valid = [f.name for f in fields(T5Config)]
-    if set(overrides) - set(valid):
-        raise UserError(f"unknown T5Config field(s) {sorted(set(overrides) - set(valid))}; "
-                        f"valid: {', '.join(valid)}")
+    if unknown := sorted(set(overrides) - set(valid)):
+        raise UserError(f"unknown T5Config field(s) {unknown}; valid: {', '.join(valid)}")
     return replace(PRESETS[preset], **overrides)
-
 
 def relative_position_bucket(relative_position, bidirectional, num_buckets=32, max_distance=128):
     """T5's bucket of (key position - query position). Bidirectional (encoder): half the buckets
@@ -85,7 +80,6 @@ def relative_position_bucket(relative_position, bidirectional, num_buckets=32, m
     large = (exact + (log_ratio * (num_buckets - exact)).long()).clamp_max(num_buckets - 1)
     return bucket + torch.where(distance < exact, distance, large)
 
-
 class RMSNorm(nn.Module):
     """T5's layer norm: scale only, no mean subtraction, no bias; the variance in float32."""
 
@@ -99,7 +93,6 @@ class RMSNorm(nn.Module):
         if torch.is_autocast_enabled(y.device.type):  # cast once here, not in each of q, k and v
             y = y.to(torch.get_autocast_dtype(y.device.type))
         return y
-
 
 class Attention(nn.Module):
     """Multi-head attention without 1/sqrt(d_kv): T5 folds it into q's init (see init_weights).
@@ -128,13 +121,12 @@ class Attention(nn.Module):
         if cache is None:
             src = x if source is None else source
             k, v = self.heads(self.k(src)), self.heads(self.v(src))
-        elif pos is None:
-            k, v = cache
         else:
             k, v = cache
-            k[:, :, pos:pos + T] = self.heads(self.k(x))
-            v[:, :, pos:pos + T] = self.heads(self.v(x))
-            k, v = k[:, :, :pos + T], v[:, :, :pos + T]
+            if pos is not None:  # self-attention decoding: append this step's keys and values
+                k[:, :, pos:pos + T] = self.heads(self.k(x))
+                v[:, :, pos:pos + T] = self.heads(self.v(x))
+                k, v = k[:, :, :pos + T], v[:, :, :pos + T]
         p = self.dropout if self.training else 0.0
         # CPU SDPA with dropout falls back to unfused math, slower than the manual path below:
         # training on CPU takes the manual path (~30% faster fwd+bwd at T=128..512)
@@ -144,7 +136,6 @@ class Attention(nn.Module):
             w = torch.softmax((q @ k.transpose(-1, -2)).float() + mask, dim=-1).to(q.dtype)
             y = F.dropout(w, p) @ v
         return self.o(y.transpose(1, 2).reshape(B, T, -1))  # [B, H, T, dk] -> [B, T, H*dk]
-
 
 class MLP(nn.Module):
     def __init__(self, cfg):
@@ -163,7 +154,6 @@ class MLP(nn.Module):
             return self.wo(self.dropout(F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x)))
         return self.wo(self.dropout(F.relu(self.wi(x))))
 
-
 class EncoderBlock(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -174,7 +164,6 @@ class EncoderBlock(nn.Module):
     def forward(self, x, mask):
         x = x + self.dropout(self.attn(self.attn_norm(x), mask))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
-
 
 class DecoderBlock(nn.Module):
     def __init__(self, cfg):
@@ -192,7 +181,6 @@ class DecoderBlock(nn.Module):
         h = self.cross_attn(self.cross_attn_norm(x), cross_mask, enc, cache=cache and cache[1])
         x = x + self.dropout(h)
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
-
 
 class Stack(nn.Module):
     """Encoder or decoder: blocks sharing one relative position bias table, then a final norm."""
@@ -217,7 +205,6 @@ class Stack(nn.Module):
                                            c.relative_attention_num_buckets,
                                            c.relative_attention_max_distance)
         return self.relative_attention_bias(buckets).permute(2, 0, 1).unsqueeze(0)  # [1, H, q, k]
-
 
 class T5(nn.Module):
     def __init__(self, config: T5Config):
@@ -422,7 +409,6 @@ class T5(nn.Module):
         save_safetensors({names[k]: v for k, v in self.state_dict().items()},
                          os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
 
-
 def hf_names(cfg: T5Config) -> dict:
     """Our parameter name -> Hugging Face T5ForConditionalGeneration name."""
     ff = ["wi_0", "wi_1", "wo"] if cfg.feed_forward_proj == "gated-gelu" else ["wi", "wo"]
@@ -444,17 +430,13 @@ def hf_names(cfg: T5Config) -> dict:
             m |= {f"{ours}mlp.{w}.weight": f"{theirs}{j}.DenseReluDense.{w}.weight" for w in ff}
     return m
 
-
 _ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")  # of shared.weight
-
 
 def _embedding(tensors):  # shared.weight, or an alias where a file holds only those
     return next((tensors[k] for k in ("shared.weight", *_ALIASES) if k in tensors), None)
 
-
 def _same(a, b) -> bool:
     return b is not None and a.shape == b.shape and torch.equal(a, b)
-
 
 def hf_to_ours(tensors: dict, model: T5) -> dict:
     """Rename a HF state dict onto `model`'s names, checking names and shapes, and that the
@@ -481,13 +463,11 @@ def hf_to_ours(tensors: dict, model: T5) -> dict:
         raise UserError("checkpoint does not match the T5 config: " + "; ".join(problems))
     return out
 
-
 # safetensors: 8-byte little-endian header size, JSON header, raw little-endian tensor bytes
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 _DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
-
 
 def save_safetensors(tensors: dict, path, metadata=None):
     header = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
@@ -502,7 +482,6 @@ def save_safetensors(tensors: dict, path, metadata=None):
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # data starts 8-byte aligned, as the reference writer does
     atomic_write(path, b"".join([len(head).to_bytes(8, "little"), head, *raws]))
-
 
 def load_safetensors(path) -> dict:
     with open(path, "rb") as f:
@@ -525,7 +504,6 @@ def load_safetensors(path) -> dict:
              if hi > lo else torch.empty(0, dtype=dtype))
         out[name] = t.reshape(shape).clone()  # own memory: the file image is dropped
     return out
-
 
 @torch.no_grad()
 def init_weights(model: T5, generator=None) -> None:
@@ -562,7 +540,6 @@ def init_weights(model: T5, generator=None) -> None:
             nn.init.trunc_normal_(p, 0.0, s, -2 * s, 2 * s, generator=generator)
         else:
             raise ValueError(f"init_weights has no rule for parameter {name!r}")
-
 
 def shift_right(labels, start_id=0, pad_id=0):
     """Decoder inputs for teacher forcing: [start, y0, y1, ...], ignored labels (-100) as pad."""
