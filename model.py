@@ -473,8 +473,6 @@ def save_safetensors(tensors: dict, path, metadata=None):
     header = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
     raws, offset = [], 0
     for name, t in tensors.items():
-        if t.dtype not in _DTYPE_NAMES:
-            raise ValueError(f"tensor {name!r}: dtype {t.dtype} is not supported by safetensors")
         raws.append(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         header[name] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape),
                         "data_offsets": [offset, offset + len(raws[-1])]}
@@ -489,20 +487,19 @@ def load_safetensors(path) -> dict:
     n = int.from_bytes(buf[:8], "little")
     if len(buf) < 8 or 8 + n > len(buf):
         raise ValueError(f"{path}: not a safetensors file (header size {n}, file size {len(buf)})")
-    header, start, out = json.loads(buf[8:8 + n].decode()), 8 + n, {}
+    header, out = json.loads(buf[8:8 + n]), {}
+    header.pop("__metadata__", None)
+    data = torch.frombuffer(buf, dtype=torch.uint8)[8 + n:]
     for name, info in header.items():
-        if name == "__metadata__":
-            continue
         if info["dtype"] not in SAFETENSORS_DTYPES:
             raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
         dtype, shape = SAFETENSORS_DTYPES[info["dtype"]], info["shape"]
         lo, hi = info["data_offsets"]
-        if hi - lo != math.prod(shape) * dtype.itemsize or start + hi > len(buf):
+        raw = data[lo:hi].clone()  # own, aligned memory: the file image is dropped
+        if hi - lo != math.prod(shape) * dtype.itemsize or len(raw) != hi - lo:
             raise ValueError(f"{path}: tensor {name!r} has data_offsets {[lo, hi]} that do not "
                              f"fit shape {shape} of {info['dtype']}")
-        t = (torch.frombuffer(buf, dtype=dtype, count=math.prod(shape), offset=start + lo)
-             if hi > lo else torch.empty(0, dtype=dtype))
-        out[name] = t.reshape(shape).clone()  # own memory: the file image is dropped
+        out[name] = raw.view(dtype).reshape(shape)
     return out
 
 @torch.no_grad()
