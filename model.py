@@ -82,7 +82,6 @@ def relative_position_bucket(relative_position, bidirectional, num_buckets=32, m
 
 class RMSNorm(nn.Module):
     """T5's layer norm: scale only, no mean subtraction, no bias; the variance in float32."""
-
     def __init__(self, d, eps):
         super().__init__()
         self.weight, self.eps = nn.Parameter(torch.ones(d)), eps
@@ -184,7 +183,6 @@ class DecoderBlock(nn.Module):
 
 class Stack(nn.Module):
     """Encoder or decoder: blocks sharing one relative position bias table, then a final norm."""
-
     def __init__(self, cfg, decoder):
         super().__init__()
         self.cfg, self.is_decoder = cfg, decoder
@@ -217,8 +215,7 @@ class T5(nn.Module):
         init_weights(self)
 
     def encode(self, input_ids, attention_mask=None):
-        """Encoder output [B, S, d] and its keys' additive mask [B, 1, 1, S] (attention_mask None:
-        every non-pad token counts)."""
+        """Encoder output [B, S, d] and its additive key mask [B, 1, 1, S] (default: non-pad)."""
         if attention_mask is None:
             attention_mask = input_ids != self.config.pad_token_id
         pad_mask = (1.0 - attention_mask[:, None, None, :].float()) * NEG_INF
@@ -271,7 +268,6 @@ class T5(nn.Module):
     def generate(self, input_ids, attention_mask=None, max_new_tokens=64, num_beams=1,
                  length_penalty=0.6, return_all_beams=False):
         """Generated ids [B, <=max_new_tokens] without the start token; EOS kept, pad after it.
-
         num_beams=1: batched greedy. num_beams>1: T5X's beam search, scoring a finished beam by
         log p / ((5 + length) / 6) ** length_penalty (length counts the EOS); returns the best
         beam, or with return_all_beams=True all of them best first (ids [B, K, L], scores [B, K]).
@@ -295,7 +291,7 @@ class T5(nn.Module):
         cache = self._start_cache(enc, max_new_tokens)
         tokens = torch.full((B, 1), cfg.decoder_start_token_id, dtype=torch.long, device=enc.device)
         done = torch.zeros(B, dtype=torch.bool, device=enc.device)
-        out = []
+        out = []  # one [B] tensor per step
         for pos in range(max_new_tokens):
             nxt = self.decode(tokens, enc, cross_mask, cache, pos)[:, -1].argmax(-1)
             out.append(nxt.masked_fill(done, cfg.pad_token_id))  # rows past their EOS only pad
@@ -374,8 +370,7 @@ class T5(nn.Module):
             hf = json.load(fh)
         names = [f.name for f in fields(T5Config)]
         cfg = T5Config(**{k: hf[k] for k in names if hf.get(k) is not None})
-        if hf.get("num_decoder_layers") is None:  # old configs: as many as encoder layers
-            cfg.num_decoder_layers = cfg.num_layers
+        cfg.num_decoder_layers = hf.get("num_decoder_layers") or cfg.num_layers  # old: not stored
         st, pt = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
         if os.path.exists(st):
             tensors = load_safetensors(st)
@@ -386,15 +381,14 @@ class T5(nn.Module):
         if "scale_decoder_outputs" in hf:  # transformers >= 5: tie_word_embeddings is always true,
             # this says if logits are rescaled, and an lm_head.weight unlike shared.weight unties
             cfg.tie_word_embeddings = bool(hf["scale_decoder_outputs"])  # we tie iff we rescale
-            lm, emb = tensors.get("lm_head.weight"), _embedding(tensors)
-            if not cfg.tie_word_embeddings and (lm is None or _same(lm, emb)):
+            lm = tensors.get("lm_head.weight")
+            if not cfg.tie_word_embeddings and (lm is None or _same(lm, _embedding(tensors))):
                 raise UserError(f"{path}: scale_decoder_outputs=false with lm_head.weight absent "
                                 "or equal to shared.weight: tied embeddings without the logit "
                                 "rescale, which this T5 cannot represent")
         with torch.device("meta"):  # skip the random init: every tensor is overwritten below
-            model = cls(cfg)
-        model = model.to_empty(device="cpu")
-        model.load_state_dict(hf_to_ours(tensors, model), strict=True)
+            model = cls(cfg).to_empty(device="cpu")
+        model.load_state_dict(hf_to_ours(tensors, model))
         return model
 
     def save_pretrained(self, path):
@@ -436,7 +430,7 @@ def _embedding(tensors):  # shared.weight, or an alias where a file holds only t
     return next((tensors[k] for k in ("shared.weight", *_ALIASES) if k in tensors), None)
 
 def _same(a, b) -> bool:
-    return b is not None and a.shape == b.shape and torch.equal(a, b)
+    return b is not None and torch.equal(a, b)
 
 def hf_to_ours(tensors: dict, model: T5) -> dict:
     """Rename a HF state dict onto `model`'s names, checking names and shapes, and that the
@@ -449,16 +443,17 @@ def hf_to_ours(tensors: dict, model: T5) -> dict:
             problems.append(f"tensor {alias!r} differs from shared.weight, whose tied copy it is")
     expected, names = model.state_dict(), hf_names(model.config)
     for ours, theirs in names.items():
-        if theirs not in tensors:
+        t, want = tensors.get(theirs), tuple(expected[ours].shape)
+        if t is None:
             problems.append(f"missing tensor {theirs!r} (for {ours})")
-        elif tuple(tensors[theirs].shape) != tuple(expected[ours].shape):
-            problems.append(f"tensor {theirs!r} has shape {tuple(tensors[theirs].shape)}, "
-                            f"expected {tuple(expected[ours].shape)} (for {ours})")
+        elif tuple(t.shape) != want:
+            problems.append(f"tensor {theirs!r} has shape {tuple(t.shape)}, expected {want} "
+                            f"(for {ours})")
         else:
-            out[ours] = tensors[theirs]
-    unused = {k for k in tensors if k.endswith("EncDecAttention.relative_attention_bias.weight")}
-    unexpected = set(tensors) - set(names.values()) - unused  # old HF files saved that unused bias
-    problems += [f"unexpected tensor {k!r}" for k in sorted(unexpected)]
+            out[ours] = t
+    problems += [f"unexpected tensor {k!r}" for k in sorted(set(tensors) - set(names.values()))
+                 # old HF files also saved an unused cross-attention position bias
+                 if not k.endswith("EncDecAttention.relative_attention_bias.weight")]
     if problems:
         raise UserError("checkpoint does not match the T5 config: " + "; ".join(problems))
     return out
@@ -505,19 +500,8 @@ def load_safetensors(path) -> dict:
 @torch.no_grad()
 def init_weights(model: T5, generator=None) -> None:
     """T5X's default fresh init (`t5x/examples/t5/layers.py`, `network.py`), tensor by tensor.
-
-    | tensor (nn.Linear weights are [out, in])   | distribution                                   |
-    |--------------------------------------------|------------------------------------------------|
-    | shared.weight [V, d]                       | N(0, 1)                                        |
-    | *attn.q.weight                             | N(0, 1 / (d_model * d_kv)): T5's stand-in for  |
-    |                                            | scaling the scores by 1/sqrt(d_kv)             |
-    | *attn.{k,v,o}.weight                       | N(0, 1 / fan_in): d_model for k, v; H*d_kv, o  |
-    | *.mlp.{wi,wi_0,wi_1,wo}.weight and v1.1's  | truncated normal, std 1/sqrt(fan_in) (lm_head: |
-    | untied lm_head.weight [V, d]               | T5X's DenseGeneral default; our choice)        |
-    | {encoder,decoder}.relative_attention_bias  | U(-a, a), a = sqrt(3 / ((32 + H) / 2))         |
-    | every *norm*.weight                        | 1                                              |
-    Truncated as JAX does: cut at +-2 sigma, sigma raised so the result has the std shown.
-    """
+    nn.Linear weights are [out, in], so fan_in is shape[1]. Truncated normals are cut at +-2 sigma
+    as JAX does, sigma raised so that the result has the std asked for."""
     c = model.config
     for name, p in model.named_parameters():
         leaf = name.rsplit(".", 2)[-2]  # module name: q, k, wi_0, relative_attention_bias, ...
@@ -525,14 +509,14 @@ def init_weights(model: T5, generator=None) -> None:
             nn.init.normal_(p, 0.0, 1.0, generator=generator)
         elif "norm" in leaf:
             nn.init.ones_(p)
-        elif leaf == "relative_attention_bias":
+        elif leaf == "relative_attention_bias":  # U(-a, a), a = sqrt(3 / ((buckets + H) / 2))
             a = math.sqrt(3.0 / ((p.shape[0] + p.shape[1]) / 2))
             nn.init.uniform_(p, -a, a, generator=generator)
-        elif leaf == "q":
+        elif leaf == "q":  # 1 / (d_model * d_kv): T5's stand-in for scaling scores by 1/sqrt(d_kv)
             nn.init.normal_(p, 0.0, (c.d_model * c.d_kv) ** -0.5, generator=generator)
-        elif leaf in ("k", "v", "o"):
+        elif leaf in ("k", "v", "o"):  # N(0, 1 / fan_in)
             nn.init.normal_(p, 0.0, p.shape[1] ** -0.5, generator=generator)
-        elif leaf in ("wi", "wi_0", "wi_1", "wo", "lm_head"):
+        elif leaf in ("wi", "wi_0", "wi_1", "wo", "lm_head"):  # lm_head: our choice, T5X's default
             s = p.shape[1] ** -0.5 / 0.87962566103423978  # the std of N(0, 1) cut at +-2
             nn.init.trunc_normal_(p, 0.0, s, -2 * s, 2 * s, generator=generator)
         else:
