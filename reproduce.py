@@ -1,12 +1,11 @@
 """reproduce.py: the paper's three experiments end to end, written up as Tables 1-3.
 
-A grid of cells, each a child process at --preset=<scale>: pretrain.py once per source (runs/pt-
-<source>), finetune.py per method, task and seed (runs/ft-<method>-<task>-s<seed>). Table 1: random,
-natural, LIME, nonsense summary, nesting language, Set, identity (+ --extra_tasks: Experiment 2);
-Table 2: the stats_init schemes on Set, LIME and identity; Table 3: pre-attention layer norms = c.
-% of benefit = 100 (method - random) / (natural - random). Writes table<n>.md, results.json,
-benefit.svg and run.log to --out. A cell is done iff its result.json exists (the child writes it
-last): a re-run skips done cells and wipes half-written ones. The exit status is 1 if a cell failed.
+A grid of cells, each a child process at --preset=<scale>: pretrain.py once per source
+(runs/pt-<source>), finetune.py per method, task and seed (runs/ft-<method>-<task>-s<seed>).
+Table 1: pre-training sources (+ --extra_tasks: Experiment 2); Table 2: stats_init schemes; Table 3:
+pre-attention layer norms = c. Writes table<n>.md, results.json, benefit.svg and run.log to --out;
+exits 1 if a cell failed. A cell is done iff its result.json exists (the child writes it last): a
+re-run skips done cells and restarts half-written ones.
 Run: python reproduce.py --scale=cpu [--tables=1,3] [--jobs=1] [--dry_run=1] [--report_only=1]
      python reproduce.py --scale=paper --t5_dir=ckpts/t5-small --t5_v11_dir=ckpts/t5-v1_1-small
 Reading order: model.py, tokenizer.py, tasks.py, config.py, train.py, pretrain.py, metrics.py,
@@ -22,7 +21,6 @@ import config
 from tasks import TASKS
 from tokenizer import get_tokenizer
 
-HERE = Path(__file__).resolve().parent
 DOWNSTREAM = ["mtop", "webqsp", "squad", "retrosynthesis", "code_translation", "cnndm_10k"]
 # The grid's design; the recipes (model, lengths, optimiser) are the scripts' own --preset=<scale>.
 SCALES = {
@@ -39,7 +37,7 @@ SCALES = {
         tokenizer=dict(path="cache/bpe8192-natural.json", size=8192),
         tasks=["mtop"],  # cheap to decode; from scratch it scores well between 0 and its ceiling
         seeds=2,  # fine-tuning repeats (pre-training runs once): every row gets a spread
-        jobs=2,  # this model gains little from a 2nd thread: two 1-thread cells do ~2x the work
+        jobs=2,  # a 2nd thread gains this model little: two 1-thread cells do ~2x the work
         ln_values=[0.1, 0.4, 0.8],  # Table 3's c: 0.4 in the middle, the ends show the trend
         metric="best_val_token_acc"),  # exact match is too coarse for a tiny model
     "paper": dict(
@@ -52,11 +50,10 @@ TABLE1_SOURCES = ["lime", "nonsense_summary", "nesting_language", "set", "identi
 STATS_SOURCES = ["set", "lime", "identity"]  # the checkpoints Table 2 takes statistics from
 STATS_SCHEMES = ["per_param_mean_sd", "per_param_scale", "whole_model_scale",
                  "preattn_ln_per_param_scale"]
-LABELS = dict(random="Random init", natural="Natural (span corruption, same steps)", lime="LIME",
-              nonsense_summary="Nonsense summary", nesting_language="Nesting language", set="Set",
-              identity="Identity", per_param_mean_sd="Per Param Mean/SD",
-              per_param_scale="Per Param Scale", whole_model_scale="Whole Model Scale",
-              preattn_ln_per_param_scale="Pre-attn LN Per Param Scale")
+LABELS = dict(zip(["random", "natural"] + TABLE1_SOURCES + STATS_SCHEMES, [
+    "Random init", "Natural (span corruption, same steps)", "LIME", "Nonsense summary",
+    "Nesting language", "Set", "Identity", "Per Param Mean/SD", "Per Param Scale",
+    "Whole Model Scale", "Pre-attn LN Per Param Scale"]))
 PUBLISHED = {"random": "0%", "natural": "100%", "lime": "67%", "set": "65%"}  # its six-task means
 PUBLISHED_STATS_BEST = "39%"  # Experiment 3's best init scheme; which one it was is not known
 
@@ -178,9 +175,8 @@ def build_cells(cfg):
     return cells
 
 def read_result(cell, done=True):
-    """The cell's result.json (the child writes it last, atomically), else None. done: a
-    pre-training cell also needs its checkpoint: results/ is committed without .pt files, so a fresh
-    checkout re-runs the (seeded, deterministic) pre-training that unfinished cells need."""
+    """The cell's result.json, else None. done: a pre-training cell needs its checkpoint too
+    (results/ is committed without .pt files: a fresh checkout re-runs the seeded pre-training)."""
     path = Path(cell.out_dir) / "result.json"
     if done and cell.kind == "pretrain" and not (Path(cell.out_dir) / "ckpt_best.pt").exists():
         return None
@@ -190,7 +186,7 @@ def subprocess_runner(cell, log_path, threads=0):
     """Run one cell's command, all its output into log_path; returns the exit code. threads > 0
     caps the child's threads (OMP_NUM_THREADS, read by torch at start) so parallel cells share."""
     # the same interpreter (venv) as ours; the scripts found next to this file, whatever the cwd
-    cmd = [sys.executable, str(HERE / cell.cmd[1]), *cell.cmd[2:]]
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / cell.cmd[1]), *cell.cmd[2:]]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads > 0 else None
     with open(log_path, "w") as log:
         return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
@@ -233,13 +229,10 @@ def run_cells(cells, runner=subprocess_runner, fail_fast=False, log_file=None, j
         if log_file:
             with open(log_file, "a") as f:
                 f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
-    pending, durations, errors, walls = [], {}, {}, {}  # durations: eta_kind -> [seconds]
-    for c in cells:  # resuming = skipping every finished cell; their wall_s seed the ETA
-        res = read_result(c)
-        if res is None:
-            pending.append(c)
-        elif isinstance(res.get("wall_s"), (int, float)):
-            durations.setdefault(c.meta["eta_kind"], []).append(res["wall_s"])
+    done, durations, errors, walls = {c.id: read_result(c) for c in cells}, {}, {}, {}
+    for c in [c for c in cells if isinstance((done[c.id] or {}).get("wall_s"), (int, float))]:
+        durations.setdefault(c.meta["eta_kind"], []).append(done[c.id]["wall_s"])  # seeds the ETA
+    pending = [c for c in cells if done[c.id] is None]  # resuming = skipping every finished cell
     t0, running, stop = time.time(), {}, False  # running: future -> (cell, start time)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while pending or running:
@@ -428,9 +421,9 @@ def main(argv):
     s, cells = SCALES[cfg.scale], build_cells(cfg)
     if cfg.dry_run:  # the grid and its exact commands, e.g. to check settings before a long run
         n_pt = sum(c.kind == "pretrain" for c in cells)
-        for c in cells:
-            print(f"{c.id:<45} {' '.join(c.cmd)}")
-        print(f"{len(cells)} cells: {n_pt} pre-training, {len(cells) - n_pt} fine-tuning -> {cfg.out}")
+        print("\n".join(f"{c.id:<45} {' '.join(c.cmd)}" for c in cells))
+        print(f"{len(cells)} cells: {n_pt} pre-training, {len(cells) - n_pt} fine-tuning -> "
+              f"{cfg.out}")
         return 0
     if cfg.report_only:  # e.g. from a second terminal while the grid runs; results.json: the run's
         summary = summarize([_record(c) for c in cells], s["metric"])
