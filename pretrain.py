@@ -34,7 +34,6 @@ from tokenizer import Vocab, load_tokenizer
 from train import TrainConfig, check_train_config, evaluate, ids_to_str, load_checkpoint, train
 from train import micro_batch
 
-
 @dataclass
 class PretrainConfig(TrainConfig):
     """The loop's settings (TrainConfig), and what to pre-train on, from what."""
@@ -50,7 +49,6 @@ class PretrainConfig(TrainConfig):
     model: str = "tiny"            # a model.PRESETS name
     dropout: float = 0.0           # paper: 0.1; a short run learns faster without
     workers: int = 0               # processes making batches ahead, per rank; 0 = in the loop
-
 
 # The recipes of --preset: "cpu" learns Set on a 2-core CPU in minutes; "paper" is every synthetic
 # pre-training of the paper (T5's recipe on t5-small)
@@ -70,13 +68,11 @@ PRESETS = {
 CPU_TASKS = {t: dict(max_len=128, src_len=128, tgt_len=128) for t in
              ("lime", "lime_induct", "lime_deduct", "lime_abduct", "natural", "nesting_language")}
 
-
 def preset_values(preset: str, task: str) -> dict:
     """The settings --preset selects for --task (a mixture takes every part's)."""
     check_choice("preset", preset, PRESETS)
     parts = [CPU_TASKS.get(t.strip(), {}) for t in task.split("+")] if preset == "cpu" else []
     return {k: v for d in [PRESETS[preset], *parts] for k, v in d.items()}
-
 
 def parse_config(argv) -> tuple:
     """The settings that will run, and on --init=resume the checkpoint to continue (else None)."""
@@ -96,7 +92,6 @@ def parse_config(argv) -> tuple:
             raise UserError(f"--{k}={getattr(cfg, k)!r}, but {ckpt['out_dir']}/ckpt_last.pt was "
                             f"trained with {k}={ckpt['config'].get(k)!r}: a resume is the same run")
     return cfg, ckpt or None
-
 
 # ----------------------------------------------------------------------------- pre-training data
 class TaskData:
@@ -152,9 +147,7 @@ class TaskData:
         self.stream = TaskStream(self.task, self.seed, "train", start=s["position"])
         self.truncated = s["truncated"]
 
-
 _worker = {}                                               # in a worker process: `build`, its task
-
 
 def _worker_init(build, parent):
     # Ctrl-C reaches the whole process group; only the main process acts (train() closes the pool)
@@ -163,13 +156,11 @@ def _worker_init(build, parent):
     _worker["build"] = build
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
 
-
 def _exit_with(parent):
     """A main process killed outright (SIGKILL) runs no clean-up: its workers then leave alone."""
     while os.getppid() == parent:
         time.sleep(1)
     os._exit(0)
-
 
 def _worker_batch(seed, start, n, lens):
     if "task" not in _worker:                              # here, not in _worker_init: an error
@@ -177,7 +168,6 @@ def _worker_batch(seed, start, n, lens):
     examples = TaskStream(_worker["task"], seed, "train", start).next_examples(n)
     batch, truncated = collate(examples, *lens)
     return {k: v.numpy() for k, v in batch.items()}, truncated   # numpy: plain pickling
-
 
 def baselines(examples, vocab) -> dict:
     """Trivial outputs scored on the same held-out examples: the input copied (without the task
@@ -194,7 +184,6 @@ def baselines(examples, vocab) -> dict:
     constant = [max(set(c), key=c.count) for c in columns]
     return dict(copy=score(copies), constant=score([constant] * len(examples)))
 
-
 def build_model(cfg: PretrainConfig, vocab, ckpt: dict = None) -> T5:
     """A fresh T5 of preset cfg.model (T5X's init, from torch's RNG), or a checkpoint's, with
     cfg.dropout; for --init=<ckpt> its model and vocabulary must be the ones asked for."""
@@ -208,7 +197,6 @@ def build_model(cfg: PretrainConfig, vocab, ckpt: dict = None) -> T5:
         raise UserError(f"--init={cfg.init} is another model ({show(have)}) than --model/"
                         f"--vocab_size/--tokenizer give ({show(want)})")
     return T5(have)
-
 
 def main(argv):
     cfg, resume = parse_config(argv)
@@ -261,7 +249,6 @@ def main(argv):
             val_exact_match=m["exact_match"], baselines=base, wall_s=time.time() - t0,
             config=asdict(cfg)))
     return out
-
 
 if __name__ == "__main__":
     config.main(main)

@@ -29,7 +29,6 @@ from config import UserError, atomic_write, check_choice, check_range
 CHOICES = dict(optimizer=("adafactor", "adamw"), lr_schedule=("rsqrt", "constant"),
                dtype=("bfloat16", "float32", "float16"))
 
-
 @dataclass
 class TrainConfig:
     """The settings the loop reads; pretrain.py and finetune.py subclass it with their own."""
@@ -57,11 +56,9 @@ class TrainConfig:
     compile: bool = False          # torch.compile the training forward (not eval nor checkpoints)
     threads: int = 1               # CPU threads (torch.set_num_threads), 0 = torch's default
 
-
 def micro_batch(cfg: TrainConfig, world: int = 1) -> int:
     """Examples per forward and process: micro_batch_size, or for 0 the whole share of the batch."""
     return cfg.micro_batch_size or cfg.batch_size // world
-
 
 def check_train_config(cfg: TrainConfig, world: int = 1) -> None:
     """The loop's settings, checked before any work: a UserError names the setting and why."""
@@ -78,7 +75,6 @@ def check_train_config(cfg: TrainConfig, world: int = 1) -> None:
     if micro < 1 or cfg.batch_size % (micro * world):
         raise UserError(f"--batch_size={cfg.batch_size} is not divisible by micro_batch_size "
                         f"{micro} x {world} process(es)")
-
 
 # ----------------------------------------------------------------------------- optimizer, schedule
 class Adafactor(torch.optim.Optimizer):
@@ -134,7 +130,6 @@ class Adafactor(torch.optim.Optimizer):
                  / (rms_u / group["clip_threshold"]).clamp(min=1.0))
         torch._foreach_sub_(ps, list((u * scale).to(ps[0].dtype).unbind(0)))
 
-
 def get_lr(step: int, cfg: TrainConfig) -> float:
     """Learning rate of optimizer step `step` (0-based). T5's "rsqrt_decay": flat at cfg.lr for
     warmup_steps, then ∝ 1/sqrt(step): lr 0.01 with warmup 10000 is 1/sqrt(max(step, 10000))."""
@@ -142,11 +137,9 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
         return cfg.lr
     return cfg.lr * math.sqrt(cfg.warmup_steps / max(step, cfg.warmup_steps))
 
-
 # ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(ckpt: dict, path: str) -> None:
     atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
-
 
 def load_checkpoint(path: str) -> dict:
     """The project's one checkpoint loader: a dict with at least "model" and "model_config"."""
@@ -165,7 +158,6 @@ def load_checkpoint(path: str) -> dict:
     if missing:
         raise UserError(f"checkpoint {path} lacks {sorted(missing)}: not one of this project's")
     return ckpt
-
 
 # ----------------------------------------------------------------------------- runtime: device, DDP
 def setup_runtime(cfg: TrainConfig) -> SimpleNamespace:
@@ -201,7 +193,6 @@ def setup_runtime(cfg: TrainConfig) -> SimpleNamespace:
                            ctx=torch.autocast(kind, amp) if amp else nullcontext(),
                            scaler=torch.amp.GradScaler("cuda", enabled=cfg.dtype == "float16"))
 
-
 def shape_batch(batch: dict, full=None) -> dict:
     """Drop all-padding columns (right padding is masked and T5's positions are relative: only
     the cost changes), or with full=(src_len, tgt_len) pad to fixed shapes, as compile wants."""
@@ -211,7 +202,6 @@ def shape_batch(batch: dict, full=None) -> dict:
         return torch.nn.functional.pad(x[:, :n], (0, max(0, n - x.shape[1])), value=v)
     return dict(input_ids=fit(batch["input_ids"], s, 0), attention_mask=fit(mask, s, 0),
                 labels=fit(labels, t, -100))
-
 
 # ----------------------------------------------------------------------------- the training loop
 def train(cfg: TrainConfig, model, train_data, eval_fn, *, resume=None, log_extra=None) -> dict:
@@ -264,7 +254,6 @@ def train(cfg: TrainConfig, model, train_data, eval_fn, *, resume=None, log_extr
         for part in (pbar, log_file, train_data):
             getattr(part, "close", lambda: None)()
 
-
 def _start(cfg, rt, model, data, resume) -> SimpleNamespace:
     """The run: model, optimizer and data, fresh or resumed exactly, and the training forward."""
     raw = model.to(rt.device).train()                      # evaluated, saved: not compiled/wrapped
@@ -303,7 +292,6 @@ def _start(cfg, rt, model, data, resume) -> SimpleNamespace:
     os.makedirs(cfg.out_dir, exist_ok=True)
     return run
 
-
 def _evaluate_and_save(run, eval_fn) -> bool:
     """Evaluate (rank 0) and write ckpt_last.pt, and ckpt_best.pt if the token accuracy improved,
     when the step calls for it; False once training is done. All ranks reach the RNG gather."""
@@ -337,7 +325,6 @@ def _evaluate_and_save(run, eval_fn) -> bool:
         if improved:
             save_checkpoint(ckpt, os.path.join(cfg.out_dir, "ckpt_best.pt"))
     return not last
-
 
 def _optimizer_step(run) -> tuple:
     """One optimizer step on a global batch; rank r keeps examples r::world, in micro-batches.
@@ -383,11 +370,9 @@ def _optimizer_step(run) -> tuple:
     run.losses.append(loss)
     return lr, loss, grad_norm, tokens, flops
 
-
 # ----------------------------------------------------------------------------- held-out evaluation
 def ids_to_str(ids) -> str:
     return " ".join(map(str, ids))
-
 
 @torch.no_grad()
 def evaluate(model, batches, *, max_new_tokens: int, decode=ids_to_str, show: int = 3,
@@ -424,7 +409,6 @@ def evaluate(model, batches, *, max_new_tokens: int, decode=ids_to_str, show: in
     out = dict(loss=loss_sum / max(n_tok, 1), token_acc=n_right / max(n_tok, 1))
     return dict(out, exact_match=n_exact / max(n_ex, 1)) if greedy else out
 
-
 # ----------------------------------------------------------------------------- MFU, and CPU memory
 def matmul_peak(dtype=torch.float32, device="cpu", n=1024, reps=5) -> float:
     """Best FLOP/s of an n x n x n matmul over `reps` timings: the realistic ceiling of MFU. The
@@ -440,10 +424,8 @@ def matmul_peak(dtype=torch.float32, device="cpu", n=1024, reps=5) -> float:
         times.append(time.perf_counter() - t0)
     return 2 * n ** 3 / min(times[1:])
 
-
 # Dense bf16 tensor-core peaks (FLOP/s) from the datasheets; float32 runs use TF32 at half of these.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
-
 
 def datasheet_peak(device, dtype=torch.bfloat16):
     """A known GPU's datasheet peak for bf16 (float32: TF32) matmuls; None for CPUs, other GPUs."""
@@ -453,17 +435,14 @@ def datasheet_peak(device, dtype=torch.bfloat16):
     peak = next((p for key, p in PEAK_FLOPS.items() if key in name), None)
     return peak / 2 if peak and dtype == torch.float32 else peak
 
-
 def estimate_mfu(tokens_per_s, flops_per_token, peak_flops, training=True) -> float:
     """Model FLOPs utilisation: achieved matmul FLOP/s over the peak (training: 3x forward's)."""
     return tokens_per_s * flops_per_token * (3 if training else 1) / peak_flops
-
 
 def peak_flops(rt) -> float:
     """MFU's denominator: a known GPU's datasheet peak, else a peak measured in the run's dtype."""
     dtype, n = getattr(torch, rt.dtype), 4096 if rt.device_type == "cuda" else 1024
     return datasheet_peak(rt.device, dtype) or matmul_peak(dtype, rt.device, n=n)
-
 
 # -- The one CPU-only speed-up: setup_runtime calls it on CPU (remove both to go without)
 def keep_freed_memory() -> bool:
