@@ -135,7 +135,7 @@ class TaskData:
         return batch
 
     def close(self):
-        """Stop the workers (train() calls this however it ends); next_batch would restart them."""
+        """Stop the workers (main() calls this however train() ends); next_batch restarts them."""
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)   # waits for those in progress
             self.pool, self.ahead = None, deque()
@@ -230,9 +230,13 @@ def main(argv):
            for i in range(0, len(held_out), mbs)]
     decode = tokenizer.decode if tokenizer else ids_to_str
     t0 = time.time()
-    out = train(cfg, model, TaskData(task, cfg.seed, cfg.src_len, cfg.tgt_len, cfg.workers, build),
-                lambda m, step: evaluate(m, val, max_new_tokens=cfg.tgt_len, decode=decode),
-                resume=resume, log_extra=dict(task=cfg.task))
+    data = TaskData(task, cfg.seed, cfg.src_len, cfg.tgt_len, cfg.workers, build)
+    try:
+        out = train(cfg, model, data, lambda m, step: evaluate(m, val, max_new_tokens=cfg.tgt_len,
+                                                               decode=decode),
+                    resume=resume, log_extra=dict(task=cfg.task))
+    finally:
+        data.close()                                       # however train() ends: stop the workers
     if out["rank"] == 0:
         m, base = out["metrics"], baselines(held_out, vocab)
         print(f"\n{cfg.task}, {len(held_out)} held-out examples, step {out['step']}, "
