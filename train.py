@@ -187,7 +187,8 @@ def setup_runtime(cfg: TrainConfig) -> SimpleNamespace:
     amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype)
     # T5 overflows in fp16 without loss scaling; for the other dtypes the scaler is a no-op
     return SimpleNamespace(world=world, rank=rank, master=rank == 0, device=device,
-                           device_type=kind, ctx=torch.autocast(kind, amp) if amp else nullcontext(),
+                           device_type=kind,
+                           ctx=torch.autocast(kind, amp) if amp else nullcontext(),
                            scaler=torch.amp.GradScaler("cuda", enabled=cfg.dtype == "float16"))
 
 def shape_batch(batch: dict, full=None) -> dict:
