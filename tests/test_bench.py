@@ -32,7 +32,7 @@ def test_settings_are_checked(capsys):
     assert e.value.code == 0 and "--compare_hf=False" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where CUDA is missing")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is missing")
 def test_cuda_without_a_gpu_says_so():
     with pytest.raises(UserError, match="CUDA is not available"):
         bench.main(TINY_RUN + ["--device=cuda"])
@@ -40,7 +40,8 @@ def test_cuda_without_a_gpu_says_so():
 
 def test_tiny_run_reports_consistent_rows(capsys):
     rows = bench.main(TINY_RUN)
-    assert [(r["model"], r["mode"]) for r in rows] == [("ours eager", "fp32"), ("ours eager", "bf16")]
+    assert [(r["model"], r["mode"]) for r in rows] == [("ours eager", "fp32"),
+                                                       ("ours eager", "bf16")]
     fpt = T5(get_config("tiny")).flops_per_token(8, 6)
     out = capsys.readouterr().out
     for r in rows:
