@@ -15,10 +15,8 @@ from collections import Counter
 METRIC_NAMES = ("em", "em,f1", "squad", "rouge")
 _PUNCTUATION = set(string.punctuation)  # ASCII only, as in the official SQuAD script
 
-
 def exact_match(prediction: str, reference: str) -> float:
     return float(prediction == reference)
-
 
 def token_f1(prediction: str, reference: str) -> float:
     """F1 of whitespace tokens as multisets (T5's `_f1_score`): no overlap (even "" vs "") is 0."""
@@ -26,13 +24,11 @@ def token_f1(prediction: str, reference: str) -> float:
     same = sum((Counter(pred) & Counter(ref)).values())
     return 0.0 if same == 0 else _fmeasure(same / len(pred), same / len(ref))
 
-
 def normalize_squad(text: str) -> str:
     """Official SQuAD v1.1 order: lowercase, drop punctuation, drop articles, collapse whitespace
     (punctuation first, so "the-end" -> "theend" keeps no article)."""
     text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
-
 
 def squad_em_f1(prediction: str, answers: list[str]) -> tuple[float, float]:
     """(EM, F1) of one prediction, each the max over its gold answers."""
@@ -41,20 +37,16 @@ def squad_em_f1(prediction: str, answers: list[str]) -> tuple[float, float]:
     pred, golds = normalize_squad(prediction), [normalize_squad(a) for a in answers]
     return max(exact_match(pred, g) for g in golds), max(token_f1(pred, g) for g in golds)
 
-
 def rouge_tokenize(text: str) -> list[str]:  # every run outside [a-z0-9] separates
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
 
-
 def _fmeasure(precision: float, recall: float) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-
 
 def _rouge_n(pred: list[str], ref: list[str], n: int) -> float:
     p, r = (Counter(tuple(x[i:i + n]) for i in range(len(x) - n + 1)) for x in (pred, ref))
     overlap = sum((p & r).values())  # max(.., 1): a text shorter than n scores 0, not an error
     return _fmeasure(overlap / max(sum(p.values()), 1), overlap / max(sum(r.values()), 1))
-
 
 def _lcs_table(ref: list[str], pred: list[str]) -> list[list[int]]:
     """table[i][j] = length of the longest common subsequence of ref[:i] and pred[:j]."""
@@ -64,7 +56,6 @@ def _lcs_table(ref: list[str], pred: list[str]) -> list[list[int]]:
         for j in range(1, len(pred) + 1):
             row[j] = above[j - 1] + 1 if r == pred[j - 1] else max(above[j], row[j - 1])
     return table
-
 
 def _lcs_positions(ref: list[str], pred: list[str]) -> list[int]:
     """Positions in `ref` of one LCS, by rouge_score's tie rule (it decides rougeLsum's union)."""
@@ -78,7 +69,6 @@ def _lcs_positions(ref: list[str], pred: list[str]) -> list[int]:
         else:
             i -= 1
     return positions
-
 
 def _rouge_lsum(pred_sents: list[list[str]], ref_sents: list[list[str]]) -> float:
     """Summary-level ROUGE-L: per reference sentence, the union of its LCS with every predicted
@@ -96,7 +86,6 @@ def _rouge_lsum(pred_sents: list[list[str]], ref_sents: list[list[str]]) -> floa
                 left[token] -= 1
     return _fmeasure(hits / n, hits / m)
 
-
 def rouge(prediction: str, reference: str) -> dict[str, float]:
     """The four ROUGE F-measures (in [0, 1]) of one summary. T5 turns " . " into " .\\n" first, so
     rougeLsum sees one sentence per line (rouge_score splits on "\\n" only)."""
@@ -107,7 +96,6 @@ def rouge(prediction: str, reference: str) -> dict[str, float]:
     return {"rouge1": _rouge_n(pred, ref, 1), "rouge2": _rouge_n(pred, ref, 2),
             "rougeL": _fmeasure(lcs / len(pred), lcs / len(ref)) if lcs else 0.0,
             "rougeLsum": _rouge_lsum(*sents)}
-
 
 def compute_metrics(name: str, predictions: list[str], references: list) -> dict[str, float]:
     """Mean x100 of metric `name`; a "squad" reference is a list of gold answers (or one string)."""

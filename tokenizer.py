@@ -13,7 +13,6 @@ from tqdm import tqdm
 
 import config
 
-
 class Vocab:
     """The T5 layout of `size` ids (T5: 32100): pad 0, eos 1, unk 2, <extra_id_k> = size-1-k (T5:
     32099 down to 32000). The embedding rounds size up to a multiple of 128 rows (T5: 32128)."""
@@ -29,7 +28,6 @@ class Vocab:
 
     def is_sentinel(self, i: int) -> bool:
         return self.size - self.num_sentinels <= i < self.size
-
 
 class Tokenizer(Vocab):
     """Subclasses give encode(text) -> ids, without EOS (tasks append it), and decode(ids) -> text,
@@ -49,14 +47,12 @@ class Tokenizer(Vocab):
             self._cache[word] = segment(word)
         return self._cache.get(word) or segment(word)
 
-
 # Byte-level BPE on the words of GPT-2's pattern in stdlib `re`: contractions, letter runs, up to 3
 # digits (as GPT-4), punctuation runs ("_" too), each led by at most one space; a whitespace run
 # leaves its last space to the next word. Words cover the text, and merges never cross them.
 PRETOKENIZE_PATTERN = r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d{1,3}| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"
 _PRETOKENIZE = re.compile(PRETOKENIZE_PATTERN)
 BYTE_OFFSET, FIRST_MERGE_ID = 3, 259  # byte b has id 3 + b (after pad/eos/unk); merges follow
-
 
 def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     """Every non-overlapping occurrence of `pair`, left to right, replaced by `new_id`."""
@@ -69,7 +65,6 @@ def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
             out.append(ids[i])
             i += 1
     return out
-
 
 class BPETokenizer(Tokenizer):
     """Ids 3..258 are the bytes, 259.. the merges, applied to each word by rank (the order training
@@ -111,7 +106,6 @@ class BPETokenizer(Tokenizer):
                                  "pretokenize_pattern": PRETOKENIZE_PATTERN, "merges": self.merges},
                           indent=None)
 
-
 def train_bpe(texts, size: int, min_frequency: int = 2, progress: bool = True) -> BPETokenizer:
     """Learn size-359 merges (fewer if no pair occurs min_frequency times), updating only the words
     holding the merged pair; ties go to the smallest (left, right) ids: same corpus, same merges."""
@@ -149,7 +143,6 @@ def train_bpe(texts, size: int, min_frequency: int = 2, progress: bool = True) -
             if pair_count[p] > 0:
                 heapq.heappush(heap, (-pair_count[p], p))
     return BPETokenizer(size, merges)
-
 
 class UnigramTokenizer(Tokenizer):
     """T5's SentencePiece model from its HF tokenizer.json (as a dict; only the vocabulary is read).
@@ -218,7 +211,6 @@ class UnigramTokenizer(Tokenizer):
         text = text.replace("▁", " ")  # and the Metaspace decoder drops the first word's space
         return text[1:] if text.startswith(" ") else text
 
-
 def load_tokenizer(path: str) -> Tokenizer:
     """Our BPE json (BPETokenizer.save) or a Hugging Face T5 tokenizer.json (unigram)."""
     try:
@@ -231,7 +223,6 @@ def load_tokenizer(path: str) -> Tokenizer:
         return UnigramTokenizer(spec)
     except (ValueError, KeyError, TypeError, AttributeError) as e:  # not JSON, or not this shape
         raise config.UserError(f"tokenizer file {path}: {type(e).__name__}: {e}") from None
-
 
 def default_corpus(data_dir: str, max_chars_per_file=None, natural_only: bool = False):
     """natural_text/train.txt, then each task's train.jsonl (source and target; or the original
@@ -262,7 +253,6 @@ def default_corpus(data_dir: str, max_chars_per_file=None, natural_only: bool = 
                 if budget <= 0:
                     break
 
-
 def get_tokenizer(data_dir: str, size: int, path: str, max_chars_per_file=10_000_000,
                   progress: bool = True, natural_only: bool = False) -> Tokenizer:
     """The tokenizer at `path`, or a BPE of `size` trained on default_corpus(data_dir), saved there
@@ -274,7 +264,6 @@ def get_tokenizer(data_dir: str, size: int, path: str, max_chars_per_file=10_000
         raise config.UserError(f"tokenizer {path} has size {tok.size}, not {size}: delete it")
     return tok
 
-
 @dataclass
 class TokenizerConfig:
     data_dir: str = config.DATA_DIR       # holds natural_text/ and the downstream task folders
@@ -282,7 +271,6 @@ class TokenizerConfig:
     path: str = "out/bpe8192.json"        # loaded if it exists, else trained and saved there
     max_chars_per_file: int = 10_000_000  # characters read from each corpus file (0: all)
     natural_only: bool = False            # train on natural_text alone (see default_corpus)
-
 
 def main(argv):
     cfg, t0 = config.parse(TokenizerConfig, argv, doc=__doc__), time.time()
@@ -294,7 +282,6 @@ def main(argv):
             texts = [json.loads(line)[k] for line in f for k in ("source", "target")][:2000]
         ratio = sum(len(tok.encode(t)) for t in texts) / sum(map(len, texts))
         print(f"{os.path.basename(os.path.dirname(path)):18s} {ratio:.3f} tokens/char")
-
 
 if __name__ == "__main__":
     config.main(main)
