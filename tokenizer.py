@@ -33,8 +33,7 @@ class Tokenizer(Vocab):
     """Subclasses give encode(text) -> ids, without EOS (tasks append it), and decode(ids) -> text,
     skipping pad and eos (it does not stop at eos), sentinels shown as "<extra_id_k>"."""
 
-    def _content_ids(self, ids):
-        """Ids but pad, eos, -100 (ignored labels) and padding rows (>= size) a model may emit."""
+    def _content_ids(self, ids):  # all but pad, eos, -100 (ignored labels), padding rows >= size
         for i in map(int, ids.tolist() if hasattr(ids, "tolist") else ids):  # torch / numpy too
             if i in (self.pad_id, self.eos_id, -100) or self.size <= i < self.model_vocab_size:
                 continue
@@ -110,10 +109,9 @@ def train_bpe(texts, size: int, min_frequency: int = 2, progress: bool = True) -
     """Learn size-359 merges (fewer if no pair occurs min_frequency times), updating only the words
     holding the merged pair; ties go to the smallest (left, right) ids: same corpus, same merges."""
     BPETokenizer(size, [])  # checks the size before the long part
-    counts = Counter(w for text in texts for w in _PRETOKENIZE.findall(text))
-    vocab_words = sorted(counts)  # independent of the order the texts came in
-    words = [[BYTE_OFFSET + b for b in w.encode("utf-8")] for w in vocab_words]
-    freqs = [counts[w] for w in vocab_words]
+    counts = sorted(Counter(w for text in texts for w in _PRETOKENIZE.findall(text)).items())
+    words = [[BYTE_OFFSET + b for b in w.encode("utf-8")] for w, _ in counts]  # sorted: the same
+    freqs = [f for _, f in counts]  # for any order of the texts
     pair_count, where, merges = defaultdict(int), defaultdict(set), []  # where: pair -> word ids
     for wi, (w, f) in enumerate(zip(words, freqs)):
         for pair in zip(w, w[1:]):
@@ -145,11 +143,10 @@ def train_bpe(texts, size: int, min_frequency: int = 2, progress: bool = True) -
     return BPETokenizer(size, merges)
 
 class UnigramTokenizer(Tokenizer):
-    """T5's SentencePiece model from its HF tokenizer.json (as a dict; only the vocabulary is read).
-    As HF does for T5: typed added tokens ("</s>", "<extra_id_k>") map to their ids; NFKC stands in
-    for nmt_nfkc (NFKC plus split()'s clean-up); each word, led by "▁", gets the Viterbi pieces of
-    highest log-probability, unk (score min - 10) for a character no piece covers. Viterbi ties may
-    break unlike SentencePiece's; on real vocabularies they are rare."""
+    """T5's SentencePiece model from its HF tokenizer.json (a dict; only the vocabulary is read). As
+    HF does for T5: typed added tokens ("</s>", "<extra_id_k>") map to their ids; NFKC (+ split())
+    stands in for nmt_nfkc; each word, led by "▁", gets its most probable Viterbi pieces, unk (score
+    min - 10) for a character no piece covers. Ties may break unlike SentencePiece's (rare)."""
 
     def __init__(self, spec: dict):
         model = spec.get("model") or {}
@@ -200,16 +197,15 @@ class UnigramTokenizer(Tokenizer):
         for si, segment in enumerate(self._special_re.split(text)):
             if si % 2:  # the odd parts of re.split with a group are the matched special tokens
                 out.append(self._special_ids[segment])
-                continue
-            for word in unicodedata.normalize("NFKC", segment).split():  # "▁" stands for a space
-                out.extend(self._cached("▁" + word, self._viterbi))
+            else:  # "▁" stands for a space
+                out += [i for word in unicodedata.normalize("NFKC", segment).split()
+                        for i in self._cached("▁" + word, self._viterbi)]
         return out
 
     def decode(self, ids) -> str:
         text = "".join(f"<extra_id_{self.size - 1 - i}>" if self.is_sentinel(i)
-                       else self.id_to_piece[i] for i in self._content_ids(ids))
-        text = text.replace("▁", " ")  # and the Metaspace decoder drops the first word's space
-        return text[1:] if text.startswith(" ") else text
+                       else self.id_to_piece[i] for i in self._content_ids(ids)).replace("▁", " ")
+        return text[1:] if text.startswith(" ") else text  # as the Metaspace decoder does
 
 def load_tokenizer(path: str) -> Tokenizer:
     """Our BPE json (BPETokenizer.save) or a Hugging Face T5 tokenizer.json (unigram)."""
@@ -227,8 +223,7 @@ def load_tokenizer(path: str) -> Tokenizer:
 def default_corpus(data_dir: str, max_chars_per_file=None, natural_only: bool = False):
     """natural_text/train.txt, then each task's train.jsonl (source and target; or the original
     release's train.txt), max_chars_per_file of each so CNN and SQuAD do not dominate. natural_only:
-    as T5's vocabulary saw C4 alone (else 60% of MTOP's target tokens, like "[IN:", never occur in
-    natural_text, so natural pre-training only ever pushes them down)."""
+    as T5's saw C4 alone (else 60% of MTOP target tokens, "[IN:" etc., are not in natural_text)."""
     files = [os.path.join(data_dir, "natural_text", "train.txt")]
     for task in [] if natural_only else sorted(os.listdir(data_dir)):
         paths = [os.path.join(data_dir, task, name) for name in ("train.jsonl", "train.txt")]
@@ -247,9 +242,8 @@ def default_corpus(data_dir: str, max_chars_per_file=None, natural_only: bool = 
                     except (json.JSONDecodeError, KeyError, TypeError) as e:
                         raise config.UserError(f"{path}:{n}: expected a JSON object with source "
                                                f"and target ({e})") from None
-                for text in parts:
-                    yield text
-                    budget -= len(text)
+                yield from parts
+                budget -= sum(map(len, parts))
                 if budget <= 0:
                     break
 
