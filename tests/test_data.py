@@ -3,7 +3,6 @@ with Range after a broken connection, manifest sha256, a 404) against a local HT
 import gzip
 import hashlib
 import json
-import os
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
