@@ -34,7 +34,6 @@ from tokenizer import Vocab, load_tokenizer
 EOS, T5_SIZE = Vocab.eos_id, 32100  # at T5's size and without a tokenizer: T5's ids for names
 T5_YES, T5_NO, LIME_MODES = [4273], [150], ("induct", "deduct", "abduct")  # "▁yes", "▁no"
 
-
 def content_ids(vocab, n_task_tokens=None):
     """Random content ids: unk=2 .. n-101 (T5: 2..31999), the first n_task_tokens of them if set."""
     ids = list(range(vocab.unk_id, vocab.size - vocab.num_sentinels))
@@ -42,10 +41,8 @@ def content_ids(vocab, n_task_tokens=None):
         raise ValueError(f"n_task_tokens={n_task_tokens} is not in 1..{len(ids)} (n={vocab.size})")
     return ids[:n_task_tokens]
 
-
 def word_id(word, vocab):  # our choice without a tokenizer: 3 + (index in WORDS) mod (n-103)
     return 3 + _WORD_INDEX[word] % (vocab.size - vocab.num_sentinels - 3)
-
 
 def _index(a, b):  # first i with a[i:i+len(b)] == b, else -1, ~10x faster than a Python loop
     A, B = array("i", a).tobytes(), array("i", b).tobytes()
@@ -53,7 +50,6 @@ def _index(a, b):  # first i with a[i:i+len(b)] == b, else -1, ~10x faster than 
     while i > 0 and i % 4:  # a hit inside a 4-byte token is no token-level hit
         i = A.find(B, i + 1)
     return i // 4 if i >= 0 else -1
-
 
 class Gen:
     """A task's settings (lengths lo..hi, content ids V, special ids) and generators. A simple task
@@ -213,11 +209,9 @@ class Gen:
             toks += nesting_sentence(rng, ids)
         return span_corrupt(toks[:n_tokens], self.vocab, rng)
 
-
 def _distinct(xs, ys, keep_if_in):
     ys = set(ys)
     return [t for t in dict.fromkeys(xs) if (t in ys) == keep_if_in]
-
 
 # name: (generator, the task prefix the original wrote, that prefix in T5's ids). The unary tasks
 # on a=[5, 9, 7]: identity [5, 9, 7], duplicate [5, 5, 9, 9, 7, 7], reverse [7, 9, 5], first and
@@ -248,11 +242,9 @@ SIMPLE = {
 TASKS = list(SIMPLE) + ["lime", "lime_induct", "lime_deduct", "lime_abduct", "nonsense_summary",
                         "nesting_language", "natural"]
 
-
 # ------------------------------------------------------------------------- nonsense summarisation
 def _kw(tid, base):  # Appendix A.3: a keyword token is "__" + task id + "__" + base + "__"
     return f"__{tid}__{base}__"
-
 
 _L = "abcdefghijklmnopqrstuvwxyz"  # A.1: word i spells i in base 26, least significant first
 NONSENSE_WORDS = [_L[i % 26] + _L[i // 26 % 26] + _L[i // 676 % 26] for i in range(5000)]
@@ -280,14 +272,11 @@ WORDS = list(dict.fromkeys(
     + [_kw(t, f"class_{c}") for t in ("d11", "d13") for c in range(3)] + NONSENSE_WORDS))
 _WORD_INDEX = {w: i for i, w in enumerate(WORDS)}
 
-
 def _pick(lines, m, rng):  # A.4's pick_lines(m): m distinct lines, ascending
     return sorted(rng.sample(range(len(lines)), m))
 
-
 def _free(w, keep_last=1):  # A.4's replaceable(line): positions <= L-1-keep_last without '_'
     return [p for p in range(len(w) - keep_last) if "_" not in w[p]]  # (keywords stay)
-
 
 class Transform:
     """A transformation: modify(lines, rng) edits token lists in place, output() gives summaries."""
@@ -368,9 +357,7 @@ class Transform:
             return [J(w[:q] + ["."]), J(w[:p] + w[q:-1] + ["."])]
         return [J(w[:w.index(kw)] + ["."])]  # d21: the tokens before the keyword
 
-
 TRANSFORMS = [Transform(*spec) for spec in _T_SPECS]
-
 
 def nonsense_document(rng):
     """One document (A.2, A.5): 7..13 lines of 5..15 words + ".", an ordered triple of distinct
@@ -383,12 +370,10 @@ def nonsense_document(rng):
     summary = [s for t in triple for s in t.output(lines, rng)]  # read after all modifications
     return [" ".join(w) for w in lines], summary
 
-
 # ------------------------------------------------------------------------- span corruption, nesting
 def _noise(n, noise_density=0.15, mean_span=3):  # (noise tokens, noise spans) of n tokens
     n_noise = min(max(round(n * noise_density), 1), n - 1)  # round() is half-to-even, as np.round
     return n_noise, max(round(n_noise / mean_span), 1)
-
 
 def span_corrupt(tokens, vocab, rng):
     """T5's span_corruption without EOS: kept and noise spans alternate, kept first; [a b c d e f g]
@@ -409,7 +394,6 @@ def span_corrupt(tokens, vocab, rng):
         pos += keep[k] + noise[k]
     return src, tgt
 
-
 def span_tokens_length(inputs_length):
     """T5's random_spans_helper: the raw length whose corrupted input plus EOS fits (512 -> 568);
     the noise is clamped as span_corrupt clamps it (T5 does not, which matters below 10 tokens)."""
@@ -421,7 +405,6 @@ def span_tokens_length(inputs_length):
         t += 1
     return t
 
-
 # Sentence lengths 0..60 of Ri & Tsuruoka's empirical Wikipedia-en fit (their
 # empirical_distribution_sampler.libsonnet): the count at index L weighs length L.
 _LEN_CUM = list(itertools.accumulate([0] * 6 + [
@@ -429,11 +412,9 @@ _LEN_CUM = list(itertools.accumulate([0] * 6 + [
     284, 307, 252, 246, 255, 209, 207, 177, 168, 165, 128, 149, 133, 109, 123, 102, 99, 81, 81, 73,
     60, 61, 44, 43, 43, 52, 39, 26, 30, 29, 24, 34, 18, 8, 17, 15]))
 
-
 @lru_cache(maxsize=8)
 def _zipf_cum(n_types):
     return list(itertools.accumulate(n_types // i for i in range(1, n_types + 1)))  # ∝ floor(V/i)
-
 
 def nesting_sentence(rng, ids):
     """A sentence of the nesting-dependency language (Ri & Tsuruoka's parenthesis_language.py):
@@ -452,7 +433,6 @@ def nesting_sentence(rng, ids):
         else:
             out.append(stack.pop())
     return out + stack[::-1]  # close everything still open
-
 
 class NaturalText:
     """Span corruption of windows of natural_text/<split>.txt (documents between blank lines): a
@@ -486,7 +466,6 @@ class NaturalText:
             out += self.tokens(d)[:self.n - len(out)]
         return span_corrupt(out, self.vocab, rng)
 
-
 # ------------------------------------------------------------------------- tasks, streams, batches
 class Task:
     """A named generator: example(rng) -> (source ids, target ids), EOS appended to both, as the
@@ -500,13 +479,11 @@ class Task:
         src, tgt = self._fns[split](rng)
         return src + [EOS], tgt + [EOS]
 
-
 def _mixture(name, tasks):  # equal rates (seqio's default_rate=1), drawn with the example's rng
     def pick(split):
         fns = [t._fns[split] for t in tasks]
         return lambda rng: fns[rng.randrange(len(fns))](rng)
     return Task(name, pick("train"), pick("validation"), parts=[p for t in tasks for p in t.parts])
-
 
 def get_task(name, vocab, *, tokenizer=None, data_dir=None, min_len=10, max_len=220,
              n_task_tokens=None):
@@ -523,7 +500,6 @@ def get_task(name, vocab, *, tokenizer=None, data_dir=None, min_len=10, max_len=
     g = Gen(vocab, tokenizer, min_len, max_len, n_task_tokens)  # shared by a mixture's parts
     tasks = [_build(s, g, data_dir) for s in names]
     return tasks[0] if len(tasks) == 1 else _mixture(name, tasks)
-
 
 def _build(name, g, data_dir):
     if name in SIMPLE:  # the prefix as the original spelled it, encoded once
@@ -548,7 +524,6 @@ def _build(name, g, data_dir):
     return Task(name, *(NaturalText(os.path.join(data_dir, "natural_text", f"{s}.txt"), g.tok,
                                     g.vocab, n_tokens) for s in ("train", "validation")))
 
-
 class TaskStream:
     """Example i of a split comes from random.Random(f"{split}/{seed}/{i}") (str seeds are hashed
     with sha512: stable across processes), so batch size and restarts do not change the data."""
@@ -564,7 +539,6 @@ class TaskStream:
         self.position += n
         return out
 
-
 def collate(examples, max_src_len, max_tgt_len, pad_id=0, pad_to_max=False):
     """Pad to the longest sequence (or to the max lengths if pad_to_max: fixed shapes), cutting
     longer ones as seqio's trim does (the EOS is lost): ({"input_ids", "attention_mask", "labels"
@@ -577,7 +551,6 @@ def collate(examples, max_src_len, max_tgt_len, pad_id=0, pad_to_max=False):
             "attention_mask": torch.tensor([[1] * len(s) + [0] * (S - len(s)) for s in src]),
             "labels": torch.tensor([t + [-100] * (T - len(t)) for t in tgt])}, n_cut  # a tensor
 
-
 @dataclass
 class TasksConfig:
     task: str = "set"                # a name in TASKS or a mixture "a+b+c"
@@ -586,7 +559,6 @@ class TasksConfig:
     tokenizer: str = ""              # a tokenizer file (tokenizer.py): its size then decides
     data_dir: str = config.DATA_DIR  # holds natural_text/ for the task natural
     bench: bool = False              # instead: examples/s of every task on one core
-
 
 def main(argv):
     cfg = config.parse(TasksConfig, argv, doc=__doc__)
@@ -608,7 +580,6 @@ def main(argv):
         for i in range(500):
             task.example(random.Random(f"train/0/{i}"))
         print(f"{name:18s} {500 / (time.perf_counter() - t0):9.0f} examples/s")
-
 
 if __name__ == "__main__":
     config.main(main)
