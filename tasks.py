@@ -16,18 +16,13 @@ Our choices where the original is unverified or accidental:
 * natural: windows start at a uniformly random character and run on into the next documents.
 Reading order: model.py, tokenizer.py, tasks.py (here), config.py, ... Next: config.py.
 """
-import bisect
-import itertools
-import os
-import random
-import time
+import bisect, itertools, os, random, time
 from array import array
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-
 import config
 from tokenizer import Vocab, load_tokenizer
 
@@ -75,9 +70,9 @@ class Gen:
         ids = self.tok.encode(str(n))  # the original dropped a lone leading '▁'; we a blank piece
         return ids[1:] if len(ids) > 1 and not self.tok.decode(ids[:1]).strip() else ids
 
-    def partition(self, rng, n, k):  # multinomial(n-k, uniform over k) + 1: (7, 3) -> [2, 4, 1]
-        parts = [1] * k
-        for j in rng.choices(range(k), k=n - k):
+    def partition(self, rng, n, k, low=1):  # multinomial(n-k*low, uniform over k) + low:
+        parts = [low] * k  # (7, 3) -> [2, 4, 1]
+        for j in rng.choices(range(k), k=n - k * low):
             parts[j] += 1
         return parts
 
@@ -101,9 +96,7 @@ class Gen:
         slen = rng.randint(2 * qlen, self.hi - 1 - qlen)
         q = self.rand(rng, qlen)
         r = rng.randint(1, slen // qlen)  # planted copies of q, in r+1 gaps of filler
-        gaps = [0] * (r + 1)
-        for j in rng.choices(range(r + 1), k=slen - r * qlen):
-            gaps[j] += 1
+        gaps = self.partition(rng, slen - r * qlen, r + 1, low=0)
         return self.rand(rng, gaps[0]) + [x for g in gaps[1:] for x in q + self.rand(rng, g)], q
 
     def unary(self, rng, out):  # the six unary tasks' body: n~U{lo..hi}, a = rand(n)
