@@ -1,19 +1,15 @@
 """tasks.py: every synthetic pre-training task of the paper, as a seeded and fast example generator.
 
-The simple tasks, LIME, nonsense summarisation and the nesting language (the paper's Sections
-3.1-3.4, Appendix A); T5 span corruption (of that language, and of natural_text/ for the natural
-baseline); mixtures 'a+b'; deterministic streams; batching. Run: python tasks.py --task=set --n=3
-prints examples, --bench=True examples/s per task (-h: the settings).
+The simple tasks, LIME, nonsense summarisation, the nesting language (Sections 3.1-3.4, Appendix A),
+T5 span corruption of natural_text/ (the natural baseline), mixtures 'a+b', streams and batching.
+Run: python tasks.py --task=set --n=3 prints examples, --bench=True examples/s per task.
 Our choices where the original is unverified or accidental:
-* Content ids are 2..n-101 (T5: 2..31999): unk=2 is one, as the original drew it; n_task_tokens
-  keeps the first n (random-token tasks only).
-* Without a tokenizer a word (task name, yes/no, digit, nonsense word) is its index in WORDS
-  wrapped onto 3..n-101; at n=32100 names and yes/no take T5's ids; a number is a token per digit.
-* Union and friends, and LIME's rule variables, come in first-occurrence order (not set order).
-* Nesting language: types map to content ids from 3 up (unk skipped), head 2t, dependent 2t+1;
-  sentence lengths follow Ri & Tsuruoka's Wikipedia-en table; the sentence stream is chunked.
-* Nonsense summaries are " ".join(lines).lower(), as the original's data reader builds them.
-* natural: windows start at a uniformly random character and run on into the next documents.
+* Content ids are 2..n-101 (T5: 2..31999), unk=2 included as the original drew it.
+* Without a tokenizer a word is its index in WORDS wrapped onto 3..n-101 (T5's ids at n=32100 for
+  names and yes/no); a number is a token per digit.
+* Set results and LIME's rule variables come in first-occurrence order.
+* Nesting language: head ids[2t], dependent ids[2t+1] (unk skipped); Ri & Tsuruoka's lengths.
+* Nonsense summaries are " ".join(lines).lower(); natural windows start at a random character.
 Reading order: model.py, tokenizer.py, tasks.py (here), config.py, ... Next: config.py.
 """
 import bisect, itertools, os, random, time
@@ -80,8 +76,7 @@ class Gen:
         return [t for t, m in zip(types, self.partition(rng, n, len(types))) for _ in range(m)]
 
     def query(self, rng, p_neg):
-        """(a, q), q in a r >= 1 times (q=[4, 5], r=2, gaps=[1, 0, 1] -> a=[9, 4, 5, 4, 5, 8]), or
-        with p_neg not: resampled, as the original, while the string of q's ids is in a's."""
+        """(a, q): q planted r >= 1 times in a, or with p_neg absent (resampled, as the original)."""
         if rng.random() <= p_neg:
             if rng.random() < 0.01:  # 1%: a query longer than the sequence
                 q = self.rand(rng, qlen := rng.randint(min(self.lo + 1, self.hi), self.hi))
@@ -165,9 +160,8 @@ class Gen:
         raise RuntimeError(f"{name}: no body of length {self.lo}..{self.hi} in 100000 tries")
 
     def lime(self, rng, mode):
-        """Fresh 24 upper (variables), 24 lower, 20 math ids; k~U{3..5} variables drawn 2k times:
-        rule [A + B A * -], subst [A : [ x y ] B : [ + z ]], result [x y + + z x y * -]. induct:
-        rule from result and subst; deduct: result from rule and subst; abduct: subst from both."""
+        """rule [A + B A * -], subst [A : [ x y ] B : [ + z ]] -> result [x y + + z x y * -];
+        induct infers the rule, deduct the result, abduct the substitution from the other two."""
         col, sep, upp, lbr, low, mth, rbr = (self.vocab.sentinel(99 - i) for i in range(7))
         for _ in range(1000):  # rejection sampling, as the original
             al = rng.sample(self.V, 68)  # 68 distinct ids (is_original_vocab_division)
@@ -410,9 +404,8 @@ def _zipf_cum(n_types):
     return list(itertools.accumulate(n_types // i for i in range(1, n_types + 1)))  # ∝ floor(V/i)
 
 def nesting_sentence(rng, ids):
-    """A sentence of the nesting-dependency language (Ri & Tsuruoka's parenthesis_language.py):
-    type t has head ids[2t] and dependent ids[2t+1]. L=7 -> 3 or 4 Zipf types, e.g. [4, 0, 4] ->
-    pairs (4 4)(0 0)(4 4); a stack (open with p=0.4 or if empty, else close): (4 (0 0) (4 4) 4)."""
+    """A sentence of Ri & Tsuruoka's nesting-dependency language: Zipf types [4, 0, 4] give pairs
+    (4 4)(0 0)(4 4), nested by a stack (open with p=0.4 or if empty, else close): (4 (0 0) (4 4) 4)."""
     n_types = len(ids) // 2  # T5 layout: 15998 types over 31997 ids
     L = bisect.bisect(_LEN_CUM, rng.random() * _LEN_CUM[-1])  # the empirical lengths, 6..60
     half = max(L // 2 + (rng.random() < 0.5), 1)  # floor(L/2) or floor(L/2)+1 types, 50/50
@@ -428,9 +421,8 @@ def nesting_sentence(rng, ids):
     return out + stack[::-1]  # close everything still open
 
 class NaturalText:
-    """Span corruption of windows of natural_text/<split>.txt (documents between blank lines): a
-    window starts at a uniformly random character (a document ∝ its length, a start uniform in
-    it) and runs on into the next documents. Documents are tokenized when first drawn."""
+    """Span corruption of windows of natural_text/<split>.txt (documents between blank lines) that
+    start at a uniformly random character; documents are tokenized when first drawn."""
 
     def __init__(self, path, tokenizer, vocab, n_tokens):
         if not os.path.isfile(path):  # checked here, while the file is read on first use
