@@ -76,7 +76,7 @@ class Gen:
         return [t for t, m in zip(types, self.partition(rng, n, len(types))) for _ in range(m)]
 
     def query(self, rng, p_neg):
-        """(a, q): q planted r >= 1 times in a, or with p_neg absent (resampled, as the original)."""
+        """(a, q): q planted r >= 1 times in a, or with p_neg absent (resampled, as the original)"""
         if rng.random() <= p_neg:
             if rng.random() < 0.01:  # 1%: a query longer than the sequence
                 q = self.rand(rng, qlen := rng.randint(min(self.lo + 1, self.hi), self.hi))
@@ -405,7 +405,7 @@ def _zipf_cum(n_types):
 
 def nesting_sentence(rng, ids):
     """A sentence of Ri & Tsuruoka's nesting-dependency language: Zipf types [4, 0, 4] give pairs
-    (4 4)(0 0)(4 4), nested by a stack (open with p=0.4 or if empty, else close): (4 (0 0) (4 4) 4)."""
+    (4 4)(0 0)(4 4), nested by a stack (open w.p. 0.4 or if empty, else close): (4 (0 0) (4 4) 4)"""
     n_types = len(ids) // 2  # T5 layout: 15998 types over 31997 ids
     L = bisect.bisect(_LEN_CUM, rng.random() * _LEN_CUM[-1])  # the empirical lengths, 6..60
     half = max(L // 2 + (rng.random() < 0.5), 1)  # floor(L/2) or floor(L/2)+1 types, 50/50
