@@ -49,10 +49,7 @@ class PretrainConfig(TrainConfig):
 
 # The recipes of --preset: "cpu" (Set on a 2-core CPU in minutes) and "paper" (T5's, on t5-small)
 PRESETS = {
-    "cpu": dict(model="tiny", vocab_size=256, min_len=10, max_len=24, src_len=64, tgt_len=64,
-                dropout=0.0, lr=0.01, warmup_steps=1000, max_steps=3000, batch_size=32,
-                micro_batch_size=0, eval_interval=500, eval_batches=4, ckpt_interval=500,
-                threads=1, workers=0),
+    "cpu": {},                     # the defaults of PretrainConfig and TrainConfig above
     "paper": dict(model="t5-small", vocab_size=32100, min_len=10, max_len=220, src_len=512,
                   tgt_len=512, dropout=0.1, lr=0.01, warmup_steps=10000, max_steps=80000,
                   batch_size=128, micro_batch_size=32, eval_interval=5000, eval_batches=20,
@@ -155,16 +152,16 @@ def _worker_batch(seed, start, n, lens):
 def baselines(examples, vocab) -> dict:
     """Trivial outputs scored on the held-out examples: the input copied (after the task prefix,
     up to the first sentinel), and the best constant output (each position's commonest token)."""
+    targets = [t for _, t in examples]
     def score(preds):
-        right = sum(sum(a == b for a, b in zip(p, t)) for p, (_, t) in zip(preds, examples))
-        return dict(exact_match=sum(p == t for p, (_, t) in zip(preds, examples)) / len(examples),
-                    token_acc=right / sum(len(t) for _, t in examples))
+        right = sum(a == b for p, t in zip(preds, targets) for a, b in zip(p, t))
+        return dict(exact_match=sum(p == t for p, t in zip(preds, targets)) / len(targets),
+                    token_acc=right / sum(map(len, targets)))
     copies = [s[next((i + 1 for i, x in enumerate(s) if vocab.is_sentinel(x)), 0):]
               for s, _ in examples]
-    columns = [[t[i] for _, t in examples if len(t) > i]
-               for i in range(max(len(t) for _, t in examples))]
+    columns = [[t[i] for t in targets if len(t) > i] for i in range(max(map(len, targets)))]
     constant = [max(set(c), key=c.count) for c in columns]
-    return dict(copy=score(copies), constant=score([constant] * len(examples)))
+    return dict(copy=score(copies), constant=score([constant] * len(targets)))
 
 def build_model(cfg: PretrainConfig, vocab, ckpt: dict = None) -> T5:
     """A fresh T5 of preset cfg.model (T5X's init, from torch's RNG), or a checkpoint's, with
@@ -205,7 +202,7 @@ def main(argv):
         print(f"{cfg.task}: {model.num_params() / 1e6:.2f}M parameters, {asdict(model.config)}")
 
     n, mbs = cfg.eval_batches * cfg.batch_size, micro_batch(cfg, world)
-    held_out = TaskStream(task, cfg.seed, "validation").next_examples(n)   # fixed: the split's start
+    held_out = TaskStream(task, cfg.seed, "validation").next_examples(n)   # the split's start
     val = [collate(held_out[i:i + mbs], cfg.src_len, cfg.tgt_len)[0] for i in range(0, n, mbs)]
     decode = tokenizer.decode if tokenizer else ids_to_str
     t0, data = time.time(), TaskData(task, cfg.seed, cfg.src_len, cfg.tgt_len, cfg.workers, build)
@@ -217,17 +214,16 @@ def main(argv):
         data.close()                                       # however train() ends: stop the workers
     if out["rank"] == 0:
         m, base = out["metrics"], baselines(held_out, vocab)
-        print(f"\n{cfg.task}, step {out['step']}, {time.time() - t0:.0f} s, best token accuracy "
-              f"{out['best_token_acc']:.1%} at step {out['best_step']}; {n} held-out examples:")
-        for name, r in [("model", m), ("copy baseline", base["copy"]),
-                        ("constant baseline", base["constant"])]:
-            print(f"  {name:<17} exact match {r['exact_match']:6.1%}, "
+        print(f"\n{cfg.task}, step {out['step']}, {time.time() - t0:.0f} s (best token accuracy "
+              f"{out['best_token_acc']:.1%} at step {out['best_step']}), {n} held-out examples:")
+        for name, r in [("model", m), *base.items()]:      # vs the copy and constant outputs
+            print(f"  {name:<8} exact match {r['exact_match']:6.1%}, "
                   f"token accuracy {r['token_acc']:6.1%}")
-        config.write_json(os.path.join(cfg.out_dir, "result.json"), dict(   # last: "finished"
+        # what reproduce.py tables, written last (atomically): it means "finished"
+        config.write_json(os.path.join(cfg.out_dir, "result.json"), dict(
             task=cfg.task, step=out["step"], best_val_token_acc=out["best_token_acc"],
-            best_step=out["best_step"], val_token_acc=m["token_acc"],
-            val_exact_match=m["exact_match"], baselines=base, wall_s=time.time() - t0,
-            config=asdict(cfg)))   # reproduce.py tables these
+            best_step=out["best_step"], **{f"val_{k}": v for k, v in m.items()}, baselines=base,
+            wall_s=time.time() - t0, config=asdict(cfg)))
     return out
 
 if __name__ == "__main__":
