@@ -203,15 +203,11 @@ def shape_batch(batch: dict, full=None) -> dict:
 
 # ----------------------------------------------------------------------------- the training loop
 def train(cfg: TrainConfig, model, train_data, eval_fn, *, resume=None, log_extra=None) -> dict:
-    """Train `model` for cfg.max_steps optimizer steps, evaluating and checkpointing on the way.
-
-    model: a model.T5 on CPU. train_data: next_batch(n) -> n padded examples as collate's dict,
-    state_dict() and load_state_dict(); every process draws the same global batch and keeps rows
-    rank::world. eval_fn(model, step) -> dict of floats with "token_acc", called on rank 0 in eval
-    mode under autocast; ckpt_best.pt follows the best token_acc. resume: a checkpoint dict
-    (load_checkpoint) to continue exactly. log_extra: fields added to every line of
-    out_dir/log.jsonl. Returns dict(step, losses (one per step run), metrics (the last
-    evaluation's), best_token_acc, best_step, rank)."""
+    """Train a model.T5 for cfg.max_steps steps. train_data: next_batch(n) (collate's dict),
+    state_dict(), load_state_dict(); every rank draws the global batch, keeps rows rank::world.
+    eval_fn(model, step) -> metrics with "token_acc" (rank 0; ckpt_best.pt follows the best).
+    resume: a checkpoint to continue exactly; log_extra: fields for every log.jsonl line.
+    Returns dict(step, losses, metrics (the last), best_token_acc, best_step, rank)."""
     rt = setup_runtime(cfg)
     check_train_config(cfg, rt.world)
     run = _start(cfg, rt, model, train_data, resume)
@@ -261,12 +257,10 @@ def _start(cfg, rt, model, data, resume) -> SimpleNamespace:
     run = SimpleNamespace(cfg=cfg, rt=rt, raw=raw, optimizer=opt, data=data, step=0, best=-1.0,
                           best_step=-1, saved_step=None, losses=[], metrics={},
                           last_path=os.path.join(cfg.out_dir, "ckpt_last.pt"))
-    if resume is None:
-        torch.manual_seed(cfg.seed + rt.rank)              # dropout stream, distinct per rank
-    else:                                                  # weights, moments, data position, RNGs
-        missing = [k for k in ("optimizer", "step", "rng", "data", "best_token_acc", "best_step")
-                   if k not in resume]
-        if missing:
+    torch.manual_seed(cfg.seed + rt.rank)                  # dropout stream, distinct per rank
+    if resume is not None:                                 # weights, moments, data position, RNGs
+        if missing := [k for k in ("optimizer", "step", "rng", "data", "best_token_acc",
+                                   "best_step") if k not in resume]:
             raise UserError(f"the checkpoint to resume lacks {missing}: it is not train()'s")
         raw.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
@@ -308,22 +302,25 @@ def _evaluate_and_save(run, eval_fn) -> bool:
         improved = run.metrics["token_acc"] > run.best     # the paper keeps the best validation one
         if improved:
             run.best, run.best_step = run.metrics["token_acc"], step
-    if is_eval or is_ckpt:
-        rng = dict(torch=torch.get_rng_state(), python=random.getstate(),   # Python's: a fork's
-                   cuda=torch.cuda.get_rng_state() if rt.device_type == "cuda" else None)  # data
-        rngs = [rng] * rt.world                            # every rank's, gathered when several
-        if rt.world > 1:
-            dist.all_gather_object(rngs, rngs[0])
+    ckpt = _checkpoint(run) if is_eval or is_ckpt else None   # all ranks: their RNGs gathered
     if rt.master and (is_ckpt or improved):
-        ckpt = dict(model=run.raw.state_dict(), optimizer=run.optimizer.state_dict(), rng=rngs,
-                    scaler=rt.scaler.state_dict(), step=step, config=asdict(cfg),
-                    model_config=asdict(run.raw.config), data=run.data.state_dict(),
-                    best_token_acc=run.best, best_step=run.best_step)
         save_checkpoint(ckpt, run.last_path)               # `last` = the newest good state
         run.saved_step = step
         if improved:
             save_checkpoint(ckpt, os.path.join(cfg.out_dir, "ckpt_best.pt"))
     return not last
+
+def _checkpoint(run) -> dict:
+    """All of a run's state, for an exact resume: with every rank's RNGs (Python's: a fork's data)."""
+    rng = dict(torch=torch.get_rng_state(), python=random.getstate(),
+               cuda=torch.cuda.get_rng_state() if run.rt.device_type == "cuda" else None)
+    rngs = [rng] * run.rt.world
+    if run.rt.world > 1:
+        dist.all_gather_object(rngs, rng)
+    return dict(model=run.raw.state_dict(), optimizer=run.optimizer.state_dict(), rng=rngs,
+                scaler=run.rt.scaler.state_dict(), step=run.step, config=asdict(run.cfg),
+                model_config=asdict(run.raw.config), data=run.data.state_dict(),
+                best_token_acc=run.best, best_step=run.best_step)
 
 def _optimizer_step(run) -> tuple:
     """One optimizer step on a global batch; rank r keeps examples r::world, in micro-batches.
@@ -356,11 +353,10 @@ def _optimizer_step(run) -> tuple:
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf))
     # stop before a NaN/inf step touches the weights (fp16 may see inf gradients: the scaler skips)
     if not math.isfinite(loss) or not (math.isfinite(grad_norm) or rt.scaler.is_enabled()):
-        good = f"{run.last_path} (step {run.saved_step}), untouched" if run.saved_step is not None \
-            else "none written yet"
+        good = run.saved_step is not None and f"{run.last_path} (step {run.saved_step}), untouched"
         raise FloatingPointError(f"loss is {loss} (grad norm {grad_norm}) at step {run.step + 1}: "
-                                 f"stopping. Last good checkpoint: {good}; try a lower --lr or "
-                                 "--dtype=float32.")
+                                 f"stopping. Last good checkpoint: {good or 'none yet'}; try a "
+                                 "lower --lr or --dtype=float32.")
     rt.scaler.step(run.optimizer)
     rt.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
@@ -409,16 +405,12 @@ def evaluate(model, batches, *, max_new_tokens: int, decode=ids_to_str, show: in
 
 # ----------------------------------------------------------------------------- MFU
 def matmul_peak(dtype=torch.float32, device="cpu", n=1024, reps=5) -> float:
-    """Best FLOP/s of an n x n x n matmul over `reps` timings (after a warm-up): the realistic
-    ceiling of MFU. The best, so a busy moment on a shared machine cannot inflate the MFU; a
-    torch.full matrix, so the caller's RNG stream stays untouched."""
-    a = torch.full((n, n), 0.5, dtype=dtype, device=device)
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    times = []
+    """MFU's realistic ceiling: the best FLOP/s of an n^3 matmul over `reps` timings after a
+    warm-up (a busy moment cannot inflate the MFU; torch.full leaves the RNG stream alone)."""
+    a, times = torch.full((n, n), 0.5, dtype=dtype, device=device), []
     for _ in range(reps + 1):
         t0 = time.perf_counter()
-        a @ a
-        sync()
+        (a @ a).sum().item()                               # .item() waits for a GPU too
         times.append(time.perf_counter() - t0)
     return 2 * n ** 3 / min(times[1:])
 
@@ -438,18 +430,13 @@ def estimate_mfu(tokens_per_s, flops_per_token, peak_flops, training=True) -> fl
     return tokens_per_s * flops_per_token * (3 if training else 1) / peak_flops
 
 # ============================================================================= CPU only
-# The one CPU-only speed-up. setup_runtime calls it on CPU; delete both to go without. Measured on
-# the CPU reproduction's fine-tuning cell (MTOP, tiny model, 200 steps and 200 beam-4 test decodes,
-# one thread): with it the cell takes 0.72x the wall time (3 s of system time instead of 44 s) and
-# peaks at 2.9 GiB of RSS instead of 5.0 GiB, so it stays (our bar for a CPU-only trick: >= 10%).
 def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory instead of returning it to the OS.
-
-    PyTorch's CPU allocator is plain malloc: every activation above glibc's mmap threshold is a
-    fresh mmap, and the kernel zero-fills its pages on first touch: up to ~10 us per 4 KiB page in
-    a VM, ~0.3 s for one [2048, 32128] float32 logits buffer, every step. With mmap and trimming
-    off, the heap reaches its peak size in the first steps and is then reused (~200k page faults
-    per t5-v1_1-small step before, ~0 after; bf16 steps ~7x faster). Process-wide: call it once."""
+    """The one CPU-only speed-up (setup_runtime calls it; delete both to go without): glibc keeps
+    freed memory instead of returning it to the OS. PyTorch's CPU allocator is plain malloc, so each
+    activation above the mmap threshold is a fresh mmap whose pages the kernel zero-fills on first
+    touch (~0.3 s per step for one [2048, 32128] float32 logits buffer in a VM). Measured on the CPU
+    fine-tuning cell (MTOP, tiny model, 200 steps, 200 beam-4 decodes): 0.72x the wall time, system
+    time 3 s vs 44 s, peak RSS 2.9 vs 5.0 GiB. Process-wide: call it once."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
