@@ -311,7 +311,7 @@ def _evaluate_and_save(run, eval_fn) -> bool:
     return not last
 
 def _checkpoint(run) -> dict:
-    """All of a run's state, for an exact resume: with every rank's RNGs (Python's: a fork's data)."""
+    """A run's whole state for an exact resume, with every rank's RNGs (Python's: a fork's data)."""
     rng = dict(torch=torch.get_rng_state(), python=random.getstate(),
                cuda=torch.cuda.get_rng_state() if run.rt.device_type == "cuda" else None)
     rngs = [rng] * run.rt.world
