@@ -19,10 +19,8 @@ from dataclasses import fields, is_dataclass, replace
 # where every script looks for data unless told (--data_dir): the DATA_DIR variable, else ./data
 DATA_DIR = os.environ.get("DATA_DIR", "data")
 
-
 class UserError(ValueError):
     """Bad input (a setting, a file, a line of data): shown as one line, no traceback."""
-
 
 def _convert(f, raw: str):
     """One `--key=value`: literal_eval, checked against the field's type (an int may be a float)."""
@@ -39,7 +37,6 @@ def _convert(f, raw: str):
         raise UserError(f"--{f.name}={raw}: expected {f.type.__name__}, got {type(val).__name__}")
     return val
 
-
 def usage(cfg, doc: str = "") -> str:
     """The first docstring line, then every field with the value it would run with and its comment
     (the `# ...` after the field, in its class or in a dataclass it inherits from)."""
@@ -53,7 +50,6 @@ def usage(cfg, doc: str = "") -> str:
             for f in sorted(fields(cfg), key=lambda f: f.name not in own)]
     head = doc.strip().splitlines()[0] if doc.strip() else ""
     return "\n".join([head, "settings (--key=value):", *rows])
-
 
 def parse(cls, argv, presets=None, doc: str = ""):
     """An instance of the dataclass `cls` from `--key=value` arguments; `-h` prints usage(), exits.
@@ -82,17 +78,14 @@ def parse(cls, argv, presets=None, doc: str = ""):
         sys.exit(0)
     return cfg
 
-
 def check_choice(name: str, value, valid) -> None:
     if value not in valid:
         raise UserError(f"--{name}={value!r} is not one of {', '.join(map(str, valid))}")
-
 
 def check_range(name: str, value, lo=None, hi=None) -> None:
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         want = f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"in [{lo}, {hi}]"
         raise UserError(f"--{name}={value} must be {want}")
-
 
 def atomic_write(path: str, write) -> None:
     """Write a file through a temporary one beside it and os.replace: nobody ever sees half a file.
@@ -114,10 +107,8 @@ def atomic_write(path: str, write) -> None:
         os.unlink(tmp)
         raise
 
-
 def write_json(path: str, obj, indent=1) -> None:
     atomic_write(path, json.dumps(obj, ensure_ascii=False, indent=indent))
-
 
 def main(fn) -> None:
     """Run `fn(sys.argv[1:])`; a UserError (or a missing file) ends it with one line, exit code 2.

@@ -29,51 +29,48 @@ from model import PRESETS as MODEL_PRESETS, T5, get_config
 from stats_init import apply_init_spec, init_from_stats, load_source
 from tasks import collate
 from tokenizer import get_tokenizer, load_tokenizer
-from train import TrainConfig, check_train_config, evaluate, train
+from train import TrainConfig, check_train_config, evaluate, micro_batch, train
 
-# Per task: the metric metrics.py computes, the number the paper's tables report, the released
-# scripts' values (ordered as PAPER) and the CPU scale-down (lengths cover ~all examples under the
-# 8192-id BPE). recipe() adds what each scale gives every task.
+# Per task: the metric metrics.py computes, the number the paper's tables report, the CPU
+# scale-down (lengths cover ~all examples under the 8192-id BPE) and the released scripts' values,
+# ordered as PAPER. recipe() adds what each scale gives every task.
 PAPER = ("src_len", "tgt_len", "batch_size", "max_steps", "lr", "eval_interval", "max_decode")
 TASKS = {
     "cnndm_10k": dict(metric="rouge", score="rouge1",
-                      paper=(512, 256, 128, 100_000, 1e-3, 10_000, 148),
-                      cpu=dict(src_len=512, tgt_len=128, max_decode=128, n_test=100)),
-    "mtop": dict(metric="em,f1", score="em", paper=(1024, 128, 128, 100_000, 1e-3, 10_000, 128),
-                 cpu=dict(src_len=64, tgt_len=128, max_decode=128)),
-    "webqsp": dict(metric="em,f1", score="em", paper=(2048, 256, 32, 50_000, 1e-3, 5_000, 256),
-                   cpu=dict(src_len=64, tgt_len=128, max_decode=128)),
+                      cpu=dict(src_len=512, tgt_len=128, n_test=100),
+                      paper=(512, 256, 128, 100_000, 1e-3, 10_000, 148)),
+    "mtop": dict(metric="em,f1", score="em", cpu=dict(src_len=64, tgt_len=128),
+                 paper=(1024, 128, 128, 100_000, 1e-3, 10_000, 128)),
+    "webqsp": dict(metric="em,f1", score="em", cpu=dict(src_len=64, tgt_len=128),
+                   paper=(2048, 256, 32, 50_000, 1e-3, 5_000, 256)),
     # SMILES need more steps (the "cpu" T5: EM 0.7% at 1200 steps, 4.0% at 1500): one evaluation
     "retrosynthesis": dict(metric="em", score="em",
                            paper=(256, 256, 128, 400_000, 3e-3, 10_000, 256),
-                           cpu=dict(src_len=160, tgt_len=160, max_decode=160, max_steps=1500,
-                                    eval_interval=1500)),
+                           cpu=dict(src_len=160, tgt_len=160, max_steps=1500, eval_interval=1500)),
     "code_translation": dict(metric="em", score="em",
-                             paper=(1024, 1024, 32, 150_000, 3e-3, 10_000, 1024),
-                             cpu=dict(src_len=256, tgt_len=256, max_decode=256, n_test=200)),
-    "squad": dict(metric="squad", score="em", paper=(512, 128, 128, 250_000, 1e-3, 10_000, 128),
-                  cpu=dict(src_len=384, tgt_len=32, max_decode=32)),
+                             cpu=dict(src_len=256, tgt_len=256, n_test=200),
+                             paper=(1024, 1024, 32, 150_000, 3e-3, 10_000, 1024)),
+    "squad": dict(metric="squad", score="em", cpu=dict(src_len=384, tgt_len=32),
+                  paper=(512, 128, 128, 250_000, 1e-3, 10_000, 128)),
 }
 PAIR = ("source", "target")
 SPLIT_FILES = {"train": ("train.jsonl", "train.txt"),  # our layout, then the original release's
                "validation": ("validation.jsonl", "valid.txt"), "test": ("test.jsonl", "test.txt")}
 
-
 def recipe(preset: str, task: str) -> dict:
     """What --preset gives --task: the scale's values, then the task's own."""
     config.check_choice("task", task, TASKS)
     config.check_choice("preset", preset, ("cpu", "paper"))
-    cnndm = task == "cnndm_10k"                            # the paper's CNNDM-10K was lowercased
+    cnndm, own = task == "cnndm_10k", TASKS[task]["cpu"]  # the paper's CNNDM-10K was lowercased
     if preset == "paper":  # T5-small (--init=hf:..., --tokenizer=...); test capped as released
         own = dict(zip(PAPER, TASKS[task]["paper"]))
         return dict(own, model="t5-small", eval_batches=128, n_test=20_000 if cnndm else 5000,
                     lowercase=cnndm, micro_batch_size=32, ckpt_interval=own["eval_interval"])
     # the tiny T5: one CPU model for pre-training and fine-tuning, so checkpoints fit. lr 0.01, not
     # the paper's 1e-3/3e-3 (for 100k+ steps): in 800 steps 1e-3 reached 0.3% MTOP exact match, 0.01
-    # 8% by step 400. bucket: ~1.5x faster steps on MTOP.
+    # 8% by step 400. bucket: ~1.5x faster steps on MTOP. Decoding may reach the target length.
     return {**dict(model="tiny", lr=0.01, max_steps=800, eval_interval=400, n_test=300, bucket=50,
-                   lowercase=cnndm), **TASKS[task]["cpu"]}
-
+                   lowercase=cnndm, max_decode=own["tgt_len"]), **own}
 
 @dataclass
 class FinetuneConfig(TrainConfig):
@@ -101,7 +98,6 @@ class FinetuneConfig(TrainConfig):
     num_beams: int = 4             # the paper's beam 4, brevity penalty alpha 0.6
     max_decode: int = 128          # decoding budget in tokens
 
-
 def parse_init(init: str) -> tuple:
     """--init as (kind, stats scheme, path of the weights or statistics), checked."""
     kind, _, rest = init.partition(":")
@@ -116,25 +112,20 @@ def parse_init(init: str) -> tuple:
         raise FileNotFoundError(f"--init={init}: {path} does not exist")
     return kind, scheme, path
 
-
 def get_finetune_config(argv) -> FinetuneConfig:
     """Defaults, then --preset's values for --task, then the command line; all checked up front."""
     cfg = config.parse(FinetuneConfig, argv, lambda c: recipe(c.preset, c.task), __doc__)
-    cfg = replace(cfg, micro_batch_size=cfg.micro_batch_size or cfg.batch_size)
-    for name, lo in dict(num_beams=1, max_decode=1, n_test=0, max_train=0, bucket=0).items():
+    for name, lo in dict(num_beams=1, max_decode=1, n_test=0, max_train=0, bucket=0,
+                         tokenizer_size=359).items():  # a BPE's specials, bytes and sentinels
         config.check_range(name, getattr(cfg, name), lo)
-    config.check_range("tokenizer_size", cfg.tokenizer_size, 359)  # specials, bytes, sentinels
     config.check_range("dropout", cfg.dropout, 0.0, 0.99)
     config.check_choice("model", cfg.model, MODEL_PRESETS)
     parse_init(cfg.init)
     if cfg.tokenizer and not os.path.exists(cfg.tokenizer):  # a named file is read, never made
-        raise FileNotFoundError(
-            f"--tokenizer={cfg.tokenizer} does not exist; make one with `python tokenizer.py "
-            f"--path={cfg.tokenizer}`, or leave --tokenizer out to use (and train if absent) "
-            f"{cfg.cache_dir}/bpe{cfg.tokenizer_size}.json")
+        raise FileNotFoundError(f"--tokenizer={cfg.tokenizer} does not exist; make one with "
+                                f"`python tokenizer.py --path={cfg.tokenizer}` or leave it out")
     check_train_config(cfg)
     return cfg
-
 
 def split_path(data_dir, task, split) -> str:
     paths = [os.path.join(data_dir, task, name) for name in SPLIT_FILES[split]]
@@ -142,38 +133,35 @@ def split_path(data_dir, task, split) -> str:
         raise FileNotFoundError(f"no {split} split of {task!r}: looked for {' and '.join(paths)}")
     return next(p for p in paths if os.path.exists(p))
 
-
 def load_split(data_dir, task, split) -> list:
     """[{source, target, answers}]; a bad line fails with its file:line, none is dropped (the
     original reader dropped lines with extra tabs)."""
     path, rows = split_path(data_dir, task, split), []
+    jsonl = path.endswith(".jsonl")
     with open(path, "rb") as f:
-        for where, raw in ((f"{path}:{n}", raw) for n, raw in enumerate(f, 1) if raw.strip()):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise UserError(f"{where}: not UTF-8 (byte {e.start + 1} of the line)") from None
-            if not path.endswith(".jsonl"):
-                fields = line.rstrip("\r\n").split("\t")
-                if len(fields) != 2:
-                    raise UserError(f"{where}: expected 'input<TAB>target', found {len(fields)} "
-                                    "tab-separated fields")
-                rows.append(dict(source=fields[0], target=fields[1], answers=[fields[1]]))
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: not valid JSON ({e.msg})") from None
-            if not (isinstance(obj, dict) and all(isinstance(obj.get(k), str) for k in PAIR)):
-                raise UserError(f"{where}: expected an object with string 'source' and 'target'")
-            answers = obj.get("answers") or [obj["target"]]  # SQuAD is scored against every answer
-            if not (isinstance(answers, list) and all(isinstance(a, str) for a in answers)):
-                raise UserError(f"{where}: 'answers' must be a list of strings")
-            rows.append(dict(source=obj["source"], target=obj["target"], answers=answers))
+        lines = [(f"{path}:{n}", raw) for n, raw in enumerate(f, 1) if raw.strip()]
+    for where, raw in lines:
+        try:
+            line = raw.decode("utf-8")
+            obj = json.loads(line) if jsonl else line.rstrip("\r\n").split("\t")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{where}: not UTF-8 (byte {e.start + 1} of the line)") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: not valid JSON ({e.msg})") from None
+        if not jsonl:                                      # input<TAB>target
+            if len(obj) != 2:
+                raise UserError(f"{where}: expected 'input<TAB>target', found {len(obj)} "
+                                "tab-separated fields")
+            obj = dict(zip(PAIR, obj))
+        if not (isinstance(obj, dict) and all(isinstance(obj.get(k), str) for k in PAIR)):
+            raise UserError(f"{where}: expected an object with string 'source' and 'target'")
+        answers = obj.get("answers") or [obj["target"]]  # SQuAD is scored against every answer
+        if not (isinstance(answers, list) and all(isinstance(a, str) for a in answers)):
+            raise UserError(f"{where}: 'answers' must be a list of strings")
+        rows.append(dict(source=obj["source"], target=obj["target"], answers=answers))
     if not rows:
         raise UserError(f"{path}: no examples")
     return rows
-
 
 def load_data(cfg: FinetuneConfig, tok, tok_path: str) -> dict:
     """{split: (rows, [(source ids + EOS, target ids + EOS)])}. The ids are cached under a key of
@@ -187,29 +175,24 @@ def load_data(cfg: FinetuneConfig, tok, tok_path: str) -> dict:
                    tokenizer=tok_hash, lowercase=cfg.lowercase)
         cache = f"{cfg.cache_dir}/{cfg.task}-{split}-{tok_hash}{'-lc' * cfg.lowercase}.pt"
         rows = load_split(cfg.data_dir, cfg.task, split)
-        old = torch.load(cache, weights_only=True) if os.path.exists(cache) else {}
-        if old.get("key") == key:                          # flat ids: source, target, source, ...
-            seqs = [t.tolist() for t in old["ids"].split(old["lens"].tolist())]
-            data[split] = rows, list(zip(seqs[0::2], seqs[1::2]))
-            continue
-        if old:
-            print(f"{cache} is stale (made from {(old.get('key') or {}).get('path')}): rebuilding")
-        pairs = [tuple(tok.encode(norm(r[k])) + [tok.eos_id] for k in PAIR)
-                 for r in tqdm(rows, desc="tokenize", leave=False, mininterval=2)]
-        seqs = [s for pair in pairs for s in pair]
-        obj = dict(key=key, ids=torch.tensor([i for s in seqs for i in s], dtype=torch.int32),
-                   lens=torch.tensor([len(s) for s in seqs]))
-        config.atomic_write(cache, lambda p: torch.save(obj, p))
-        data[split] = rows, pairs
+        ids = torch.load(cache, weights_only=True) if os.path.exists(cache) else {}
+        if ids.get("key") != key:                          # flat ids: source, target, source, ...
+            if ids:
+                print(f"{cache} is stale (made from {ids['key']['path']}): rebuilding")
+            seqs = [tok.encode(norm(r[k])) + [tok.eos_id]
+                    for r in tqdm(rows, desc="tokenize", leave=False, mininterval=2) for k in PAIR]
+            ids = dict(key=key, ids=torch.tensor([i for s in seqs for i in s], dtype=torch.int32),
+                       lens=torch.tensor([len(s) for s in seqs]))
+            config.atomic_write(cache, lambda p: torch.save(ids, p))
+        seqs = [t.tolist() for t in ids["ids"].split(ids["lens"].tolist())]
+        data[split] = rows, list(zip(seqs[0::2], seqs[1::2]))
     return data
 
-
 class EpochData:
-    """Shuffled epochs over fixed examples, as train.train()'s `train_data`. The order depends only
-    on (seed, epoch) and the state is one position, so a resumed run sees the same batches.
-    bucket > 0 cuts padding: chunks of `bucket` batches' worth of examples are sorted by length,
-    cut into batches and the batches shuffled (T5 packs sequences; sorting is simpler and enough on
-    a CPU). An epoch then skips its len % batch leftover examples, different ones each epoch."""
+    """train.train()'s `train_data`: shuffled epochs over fixed examples, the order a function of
+    (seed, epoch), the state one position, so a resumed run sees the same batches. bucket > 0 cuts
+    padding (T5 packs; sorting is simpler): chunks of `bucket` batches' worth of examples are sorted
+    by length, cut into batches, the batches shuffled; an epoch skips its len % batch leftover."""
 
     def __init__(self, pairs, seed: int, src_len: int, tgt_len: int, bucket: int = 0):
         self.pairs, self.seed, self.bucket, self.lens = pairs, seed, bucket, (src_len, tgt_len)
@@ -236,16 +219,14 @@ class EpochData:
             raise ValueError(f"bucketed EpochData serves batches of {self._n}, asked for {n}")
         if self.bucket and len(self.pairs) < n:
             raise UserError(f"--bucket needs a batch of {n} examples, has {len(self.pairs)}")
-        self._n, self.position = n, self.position + n
-        return collate([self.pairs[self._index(self.position - n + k)] for k in range(n)],
-                       *self.lens)[0]
+        start, self._n, self.position = self.position, n, self.position + n
+        return collate([self.pairs[self._index(start + k)] for k in range(n)], *self.lens)[0]
 
     def state_dict(self) -> dict:
         return dict(position=self.position)
 
     def load_state_dict(self, s: dict):
         self.position = s["position"]
-
 
 def build_model(cfg: FinetuneConfig, tok) -> T5:
     """The network --init names, with cfg.dropout; its vocabulary must fit the tokenizer's."""
@@ -260,27 +241,21 @@ def build_model(cfg: FinetuneConfig, tok) -> T5:
         model = T5(replace(source_config, dropout_rate=cfg.dropout))
         init_from_stats(model, state, scheme, cfg.seed) if scheme else model.load_state_dict(state)
     if model.config.vocab_size != tok.model_vocab_size:
-        raise UserError(f"--init={cfg.init}: the model has {model.config.vocab_size} embedding "
-                        f"rows but the tokenizer needs {tok.model_vocab_size} ({tok.size} ids); "
-                        "pre-train with the same --tokenizer")
+        raise UserError(f"--init={cfg.init}: {model.config.vocab_size} embedding rows but the "
+                        f"tokenizer needs {tok.model_vocab_size}; pre-train with this --tokenizer")
     return model
 
-
-@torch.no_grad()
-def decode_all(model, sources, tok, *, batch_size: int, src_len: int, num_beams: int,
-               max_decode: int) -> list:
+def decode_all(model, sources, tok, cfg: FinetuneConfig) -> list:
     """Beam-search predictions (text) for lists of source ids, batched by length: less padding."""
-    device, preds = next(model.parameters()).device, [None] * len(sources)
+    device, preds, mbs = next(model.parameters()).device, [None] * len(sources), micro_batch(cfg)
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    for i in tqdm(range(0, len(order), batch_size), desc="decode", leave=False, mininterval=2):
-        idx = order[i:i + batch_size]
-        batch, _ = collate([(sources[j], [tok.eos_id]) for j in idx], src_len, 1)
+    for i in tqdm(range(0, len(order), mbs), desc="decode", leave=False, mininterval=2):
+        batch, _ = collate([(sources[j], [tok.eos_id]) for j in order[i:i + mbs]], cfg.src_len, 1)
         out = model.generate(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                             max_new_tokens=max_decode, num_beams=num_beams)
-        for j, row in zip(idx, out.tolist()):
+                             max_new_tokens=cfg.max_decode, num_beams=cfg.num_beams)
+        for j, row in zip(order[i:i + mbs], out.tolist()):
             preds[j] = tok.decode(row)                     # decode() skips pad and EOS
     return preds
-
 
 def select_best(history: list) -> dict:
     """The paper's rule: the highest validation token accuracy, the earliest on a tie."""
@@ -288,10 +263,9 @@ def select_best(history: list) -> dict:
         raise ValueError("no evaluation was run, so there is no score to report")
     return max(history, key=lambda h: h["val_token_acc"])  # max() keeps the first of equal keys
 
-
 def main(argv):
     cfg = get_finetune_config(argv)
-    spec, t0, mbs = TASKS[cfg.task], time.time(), cfg.micro_batch_size
+    spec, t0, mbs = TASKS[cfg.task], time.time(), micro_batch(cfg)
     tok_path = cfg.tokenizer or os.path.join(cfg.cache_dir, f"bpe{cfg.tokenizer_size}.json")
     tok = load_tokenizer(tok_path) if cfg.tokenizer else \
         get_tokenizer(cfg.data_dir, cfg.tokenizer_size, tok_path)
@@ -311,31 +285,27 @@ def main(argv):
 
     def eval_fn(m, step):
         acc = evaluate(m, val_batches, max_new_tokens=0, greedy=False)["token_acc"]  # no decoding
-        preds = decode_all(m, [s for s, _ in test_pairs], tok, batch_size=mbs, src_len=cfg.src_len,
-                           num_beams=cfg.num_beams, max_decode=cfg.max_decode)
+        preds = decode_all(m, [s for s, _ in test_pairs], tok, cfg)
         scores = compute_metrics(spec["metric"], preds, refs)
         for p, r in list(zip(preds, refs))[:2]:            # show what the model writes
             tqdm.write(f"  target: {str(r)[:120]}\n  output: {p[:120]}")
         history.append(dict(step=step, val_token_acc=acc, **scores))
         return dict(token_acc=acc, **scores)
-
     out = train(cfg, model, EpochData(train_pairs, cfg.seed, cfg.src_len, cfg.tgt_len, cfg.bucket),
                 eval_fn, log_extra=dict(task=cfg.task, init=cfg.init))
     if out["rank"] != 0:                                   # under torchrun only rank 0 evaluated
         return None
     best = select_best(history)
+    scores = {k: v for k, v in best.items() if k not in ("step", "val_token_acc")}
     result = dict(task=cfg.task, init=cfg.init, seed=cfg.seed, metric=spec["score"],
-                  score=best[spec["score"]], best_step=best["step"],
-                  best_val_token_acc=best["val_token_acc"],
-                  scores={k: v for k, v in best.items() if k not in ("step", "val_token_acc")},
-                  history=history, n_test=len(test_pairs), wall_s=time.time() - t0,
-                  config=asdict(cfg))
+                  score=scores[spec["score"]], best_step=best["step"],
+                  best_val_token_acc=best["val_token_acc"], scores=scores, history=history,
+                  n_test=len(test_pairs), wall_s=time.time() - t0, config=asdict(cfg))
     config.write_json(os.path.join(cfg.out_dir, "result.json"), result)  # last: "finished"
     print(f"\n{cfg.task} ({cfg.init}): test {spec['score']} {result['score']:.2f} at step "
           f"{best['step']} (best validation token accuracy {100 * best['val_token_acc']:.1f}%), "
           f"{result['wall_s'] / 60:.1f} min")
     return result
-
 
 if __name__ == "__main__":
     config.main(main)

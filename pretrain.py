@@ -1,16 +1,13 @@
 """pretrain.py: pre-train the T5 of model.py on a synthetic task of tasks.py.
 
-The paper pre-trains T5-small v1.0 on one synthetic task (Set, LIME, ...) with T5's own recipe,
-`--preset=paper`: Adafactor, learning rate 1/sqrt(max(step, 10000)), batch 128, lengths 512/512,
-dropout 0.1, 80k steps, validation token accuracy and a checkpoint every 5k. The default,
-`--preset=cpu`, learns Set on a 2-core CPU in minutes, then prints its held-out exact match and
-token accuracy next to what copying the input or a constant output scores.
+`--preset=paper` is the paper's T5 recipe on t5-small (80k steps, batch 128, lengths 512);
+the default `--preset=cpu` learns Set on a 2-core CPU in minutes. At the end it prints held-out
+exact match and token accuracy next to what copying the input or a constant output scores.
 
-    python pretrain.py                                        # the CPU run (Set)
-    python pretrain.py --task=lime                            # any task of tasks.py, or 'set+lime'
+    python pretrain.py --task=lime              # any task of tasks.py, or a mixture 'set+lime'
     torchrun --standalone --nproc_per_node=8 pretrain.py --preset=paper --micro_batch_size=16
-    python pretrain.py --init=resume --out_dir=out   # go on exactly: the saved settings, then these
-    python pretrain.py -h                                     # every setting, as it would run
+    python pretrain.py --init=resume --out_dir=out   # go on exactly: saved settings, then these
+    python pretrain.py -h                       # every setting, as it would run
 
 Reading order: ..., config.py, train.py, pretrain.py (here), metrics.py, ... Next: metrics.py.
 """
@@ -34,7 +31,6 @@ from tokenizer import Vocab, load_tokenizer
 from train import TrainConfig, check_train_config, evaluate, ids_to_str, load_checkpoint, train
 from train import micro_batch
 
-
 @dataclass
 class PretrainConfig(TrainConfig):
     """The loop's settings (TrainConfig), and what to pre-train on, from what."""
@@ -51,40 +47,27 @@ class PretrainConfig(TrainConfig):
     dropout: float = 0.0           # paper: 0.1; a short run learns faster without
     workers: int = 0               # processes making batches ahead, per rank; 0 = in the loop
 
-
-# The recipes of --preset: "cpu" learns Set on a 2-core CPU in minutes; "paper" is every synthetic
-# pre-training of the paper (T5's recipe on t5-small)
+# The recipes of --preset: "cpu" (Set on a 2-core CPU in minutes) and "paper" (T5's, on t5-small)
 PRESETS = {
-    "cpu": dict(model="tiny", vocab_size=256, min_len=10, max_len=24, src_len=64, tgt_len=64,
-                dropout=0.0, lr=0.01, warmup_steps=1000, max_steps=3000, batch_size=32,
-                micro_batch_size=0, eval_interval=500, eval_batches=4, ckpt_interval=500,
-                threads=1, workers=0),
+    "cpu": {},                     # the defaults of PretrainConfig and TrainConfig above
     "paper": dict(model="t5-small", vocab_size=32100, min_len=10, max_len=220, src_len=512,
                   tgt_len=512, dropout=0.1, lr=0.01, warmup_steps=10000, max_steps=80000,
                   batch_size=128, micro_batch_size=32, eval_interval=5000, eval_batches=20,
-                  ckpt_interval=5000, threads=0,
-                  workers=4),   # 4 x 3k examples/s (nesting_language, the slowest) >> steps/s
+                  ckpt_interval=5000, threads=0, workers=4),   # 4 x 3k examples/s >> steps/s
 }
-# At CPU scale, longer lengths for the long inputs: LIME's (its 68-id alphabet prefix alone makes
-# 74-200 ids) and the corrupted inputs of the other two, max_len long
+# At CPU scale, room for the long inputs: LIME's (a 68-id alphabet prefix) and the corrupted ones
 CPU_TASKS = {t: dict(max_len=128, src_len=128, tgt_len=128) for t in
              ("lime", "lime_induct", "lime_deduct", "lime_abduct", "natural", "nesting_language")}
-
-
-def preset_values(preset: str, task: str) -> dict:
-    """The settings --preset selects for --task (a mixture takes every part's)."""
-    check_choice("preset", preset, PRESETS)
-    parts = [CPU_TASKS.get(t.strip(), {}) for t in task.split("+")] if preset == "cpu" else []
-    return {k: v for d in [PRESETS[preset], *parts] for k, v in d.items()}
-
 
 def parse_config(argv) -> tuple:
     """The settings that will run, and on --init=resume the checkpoint to continue (else None)."""
     ckpt = {}
-
-    def presets(c):                                        # on resume: the checkpoint's settings
+    def presets(c):        # the recipe (a mixture takes every part's lengths), or the checkpoint's
         if c.init != "resume":
-            return preset_values(c.preset, c.task)
+            check_choice("preset", c.preset, PRESETS)
+            parts = [CPU_TASKS.get(t.strip(), {}) for t in c.task.split("+")] \
+                if c.preset == "cpu" else []
+            return {k: v for d in [PRESETS[c.preset], *parts] for k, v in d.items()}
         ckpt.update(load_checkpoint(os.path.join(c.out_dir, "ckpt_last.pt")), out_dir=c.out_dir)
         if "config" not in ckpt:
             raise UserError(f"{c.out_dir}/ckpt_last.pt holds no settings: train() did not write it")
@@ -97,20 +80,14 @@ def parse_config(argv) -> tuple:
                             f"trained with {k}={ckpt['config'].get(k)!r}: a resume is the same run")
     return cfg, ckpt or None
 
-
 # ----------------------------------------------------------------------------- pre-training data
 class TaskData:
     """tasks.TaskStream + tasks.collate as the `train_data` of train(); its state is the position.
-
-    workers > 0 builds the batches in that many background processes, a few batches ahead, so slow
-    generators (nonsense_summary, nesting_language, natural) never stall the accelerator. A batch
-    is the examples [position, position + n) either way: neither the data nor an exact resume
-    depends on `workers`. Tasks hold lambdas, which do not pickle, so each worker rebuilds its own
-    with `build`, a picklable zero-argument callable (a functools.partial of tasks.get_task)."""
+    workers > 0 makes batches a few ahead in background processes, each rebuilding the task with
+    `build` (tasks hold lambdas, which do not pickle): a picklable zero-argument callable. A batch
+    is the examples [position, position + n) either way: the data does not depend on `workers`."""
 
     def __init__(self, task, seed: int, src_len: int, tgt_len: int, workers: int = 0, build=None):
-        if workers > 0 and build is None:
-            raise ValueError("TaskData(workers > 0) needs `build` to rebuild the task in workers")
         self.task, self.seed, self.lens = task, seed, (src_len, tgt_len)
         self.workers, self.build, self.pool = workers, build, None
         self.stream, self.truncated = TaskStream(task, seed, "train"), 0
@@ -140,7 +117,7 @@ class TaskData:
         return batch
 
     def close(self):
-        """Stop the workers (train() calls this however it ends); next_batch would restart them."""
+        """Stop the workers (main() calls this however train() ends); next_batch restarts them."""
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)   # waits for those in progress
             self.pool, self.ahead = None, deque()
@@ -152,24 +129,18 @@ class TaskData:
         self.stream = TaskStream(self.task, self.seed, "train", start=s["position"])
         self.truncated = s["truncated"]
 
-
 _worker = {}                                               # in a worker process: `build`, its task
-
 
 def _worker_init(build, parent):
     # Ctrl-C reaches the whole process group; only the main process acts (train() closes the pool)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)                               # one core per worker
     _worker["build"] = build
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-
-
-def _exit_with(parent):
-    """A main process killed outright (SIGKILL) runs no clean-up: its workers then leave alone."""
-    while os.getppid() == parent:
-        time.sleep(1)
-    os._exit(0)
-
+    def exit_with_parent():                 # one killed outright (SIGKILL) runs no clean-up
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+    threading.Thread(target=exit_with_parent, daemon=True).start()
 
 def _worker_batch(seed, start, n, lens):
     if "task" not in _worker:                              # here, not in _worker_init: an error
@@ -178,22 +149,19 @@ def _worker_batch(seed, start, n, lens):
     batch, truncated = collate(examples, *lens)
     return {k: v.numpy() for k, v in batch.items()}, truncated   # numpy: plain pickling
 
-
 def baselines(examples, vocab) -> dict:
-    """Trivial outputs scored on the same held-out examples: the input copied (without the task
-    prefix, up to the first sentinel) and the best constant output (the commonest target token at
-    each position)."""
+    """Trivial outputs scored on the held-out examples: the input copied (after the task prefix,
+    up to the first sentinel), and the best constant output (each position's commonest token)."""
+    targets = [t for _, t in examples]
     def score(preds):
-        right = sum(sum(a == b for a, b in zip(p, t)) for p, (_, t) in zip(preds, examples))
-        return dict(exact_match=sum(p == t for p, (_, t) in zip(preds, examples)) / len(examples),
-                    token_acc=right / sum(len(t) for _, t in examples))
+        right = sum(a == b for p, t in zip(preds, targets) for a, b in zip(p, t))
+        return dict(exact_match=sum(p == t for p, t in zip(preds, targets)) / len(targets),
+                    token_acc=right / sum(map(len, targets)))
     copies = [s[next((i + 1 for i, x in enumerate(s) if vocab.is_sentinel(x)), 0):]
               for s, _ in examples]
-    columns = [[t[i] for _, t in examples if len(t) > i]
-               for i in range(max(len(t) for _, t in examples))]
+    columns = [[t[i] for t in targets if len(t) > i] for i in range(max(map(len, targets)))]
     constant = [max(set(c), key=c.count) for c in columns]
-    return dict(copy=score(copies), constant=score([constant] * len(examples)))
-
+    return dict(copy=score(copies), constant=score([constant] * len(targets)))
 
 def build_model(cfg: PretrainConfig, vocab, ckpt: dict = None) -> T5:
     """A fresh T5 of preset cfg.model (T5X's init, from torch's RNG), or a checkpoint's, with
@@ -208,7 +176,6 @@ def build_model(cfg: PretrainConfig, vocab, ckpt: dict = None) -> T5:
         raise UserError(f"--init={cfg.init} is another model ({show(have)}) than --model/"
                         f"--vocab_size/--tokenizer give ({show(want)})")
     return T5(have)
-
 
 def main(argv):
     cfg, resume = parse_config(argv)
@@ -234,34 +201,30 @@ def main(argv):
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{cfg.task}: {model.num_params() / 1e6:.2f}M parameters, {asdict(model.config)}")
 
-    # the training stream, and a fixed held-out set: the validation split from its start
-    held_out = TaskStream(task, cfg.seed, "validation").next_examples(cfg.eval_batches *
-                                                                      cfg.batch_size)
-    mbs = micro_batch(cfg, world)
-    val = [collate(held_out[i:i + mbs], cfg.src_len, cfg.tgt_len)[0]
-           for i in range(0, len(held_out), mbs)]
+    n, mbs = cfg.eval_batches * cfg.batch_size, micro_batch(cfg, world)
+    held_out = TaskStream(task, cfg.seed, "validation").next_examples(n)   # the split's start
+    val = [collate(held_out[i:i + mbs], cfg.src_len, cfg.tgt_len)[0] for i in range(0, n, mbs)]
     decode = tokenizer.decode if tokenizer else ids_to_str
-    t0 = time.time()
-    out = train(cfg, model, TaskData(task, cfg.seed, cfg.src_len, cfg.tgt_len, cfg.workers, build),
-                lambda m, step: evaluate(m, val, max_new_tokens=cfg.tgt_len, decode=decode),
-                resume=resume, log_extra=dict(task=cfg.task))
+    t0, data = time.time(), TaskData(task, cfg.seed, cfg.src_len, cfg.tgt_len, cfg.workers, build)
+    try:
+        out = train(cfg, model, data, lambda m, step: evaluate(m, val, max_new_tokens=cfg.tgt_len,
+                                                               decode=decode),
+                    resume=resume, log_extra=dict(task=cfg.task))
+    finally:
+        data.close()                                       # however train() ends: stop the workers
     if out["rank"] == 0:
         m, base = out["metrics"], baselines(held_out, vocab)
-        print(f"\n{cfg.task}, {len(held_out)} held-out examples, step {out['step']}, "
-              f"{time.time() - t0:.0f} s: exact match {100 * m['exact_match']:.1f}%, "
-              f"token accuracy {100 * m['token_acc']:.1f}% (best token accuracy "
-              f"{100 * out['best_token_acc']:.1f}% at step {out['best_step']})")
-        for name, b in base.items():
-            print(f"  baseline, {name} output: exact match {100 * b['exact_match']:.1f}%, "
-                  f"token accuracy {100 * b['token_acc']:.1f}%")
-        # the summary reproduce.py tables (written last and atomically: it means "finished")
+        print(f"\n{cfg.task}, step {out['step']}, {time.time() - t0:.0f} s (best token accuracy "
+              f"{out['best_token_acc']:.1%} at step {out['best_step']}), {n} held-out examples:")
+        for name, r in [("model", m), *base.items()]:      # vs the copy and constant outputs
+            print(f"  {name:<8} exact match {r['exact_match']:6.1%}, "
+                  f"token accuracy {r['token_acc']:6.1%}")
+        # what reproduce.py tables, written last (atomically): it means "finished"
         config.write_json(os.path.join(cfg.out_dir, "result.json"), dict(
             task=cfg.task, step=out["step"], best_val_token_acc=out["best_token_acc"],
-            best_step=out["best_step"], val_token_acc=m["token_acc"],
-            val_exact_match=m["exact_match"], baselines=base, wall_s=time.time() - t0,
-            config=asdict(cfg)))
+            best_step=out["best_step"], **{f"val_{k}": v for k, v in m.items()}, baselines=base,
+            wall_s=time.time() - t0, config=asdict(cfg)))
     return out
-
 
 if __name__ == "__main__":
     config.main(main)

@@ -1,12 +1,11 @@
 """reproduce.py: the paper's three experiments end to end, written up as Tables 1-3.
 
-A grid of cells, each a child process at --preset=<scale>: pretrain.py once per source (runs/pt-
-<source>), finetune.py per method, task and seed (runs/ft-<method>-<task>-s<seed>). Table 1: random,
-natural, LIME, nonsense summary, nesting language, Set, identity (+ --extra_tasks: Experiment 2);
-Table 2: the stats_init schemes on Set, LIME and identity; Table 3: pre-attention layer norms = c.
-% of benefit = 100 (method - random) / (natural - random). Writes table<n>.md, results.json,
-benefit.svg and run.log to --out. A cell is done iff its result.json exists (the child writes it
-last): a re-run skips done cells and wipes half-written ones.
+A grid of cells, each a child process at --preset=<scale>: pretrain.py once per source
+(runs/pt-<source>), finetune.py per method, task and seed (runs/ft-<method>-<task>-s<seed>).
+Table 1: pre-training sources (+ --extra_tasks: Experiment 2); Table 2: stats_init schemes; Table 3:
+pre-attention layer norms = c. Writes table<n>.md, results.json, benefit.svg and run.log to --out;
+exits 1 if a cell failed. A cell is done iff its result.json exists (the child writes it last): a
+re-run skips done cells and restarts half-written ones.
 Run: python reproduce.py --scale=cpu [--tables=1,3] [--jobs=1] [--dry_run=1] [--report_only=1]
      python reproduce.py --scale=paper --t5_dir=ckpts/t5-small --t5_v11_dir=ckpts/t5-v1_1-small
 Reading order: model.py, tokenizer.py, tasks.py, config.py, train.py, pretrain.py, metrics.py,
@@ -22,7 +21,6 @@ import config
 from tasks import TASKS
 from tokenizer import get_tokenizer
 
-HERE = Path(__file__).resolve().parent
 DOWNSTREAM = ["mtop", "webqsp", "squad", "retrosynthesis", "code_translation", "cnndm_10k"]
 # The grid's design; the recipes (model, lengths, optimiser) are the scripts' own --preset=<scale>.
 SCALES = {
@@ -30,8 +28,8 @@ SCALES = {
         # one budget for every source, natural too, so sources differ only in their data; the
         # tiny T5 learns every source's task in 2000 steps (pre-training token accuracy is tabled)
         pretrain=dict(max_steps=2000),
-        # at step 400 each Table 1 row's seed std was <= 0.5 and natural led random by 1.6 points;
-        # at 800 the stds were 0.3-1.4, the lead 0.5 (README): early fine-tuning, not convergence
+        # early fine-tuning, not convergence: at step 400 each Table 1 row's seed std was <= 0.5
+        # and natural led random by 1.6 points; at 800 the lead was 0.5 (results/log.md)
         finetune=dict(max_steps=400, eval_interval=200, n_test=200),
         natural="pretrain",  # span corruption on data_dir/natural_text (no T5 checkpoint on CPU)
         # T5's SentencePiece saw C4 alone, so: a BPE of natural_text alone (with the mixed corpus,
@@ -39,8 +37,8 @@ SCALES = {
         tokenizer=dict(path="cache/bpe8192-natural.json", size=8192),
         tasks=["mtop"],  # cheap to decode; from scratch it scores well between 0 and its ceiling
         seeds=2,  # fine-tuning repeats (pre-training runs once): every row gets a spread
-        jobs=2,  # this model gains little from a 2nd thread: two 1-thread cells do ~2x the work
-        ln_values=[0.1, 0.4, 0.8],  # Table 3's c: 0.4 is the README default, the ends the trend
+        jobs=2,  # a 2nd thread gains this model little: two 1-thread cells do ~2x the work
+        ln_values=[0.1, 0.4, 0.8],  # Table 3's c: 0.4 in the middle, the ends show the trend
         metric="best_val_token_acc"),  # exact match is too coarse for a tiny model
     "paper": dict(
         pretrain={}, finetune={},  # the presets' own budgets are the released scripts'
@@ -87,18 +85,18 @@ class Cell:
 
 def _lists(cfg):
     """[tasks, tables, ln_values, extra_tasks] as lists, or a UserError naming the bad key."""
-    out, sources = [], [t for t in TASKS if t != "natural"]  # natural is a row of its own
+    sources, out = [t for t in TASKS if t != "natural"], []  # natural is a row of its own
     for key, conv, ok in [("tasks", str, DOWNSTREAM), ("tables", int, [1, 2, 3]),
                           ("ln_values", float, None), ("extra_tasks", str, sources)]:
         raw = getattr(cfg, key)
         try:
-            out.append([conv(x) for x in raw.replace(" ", "").split(",") if x])
+            vals = [conv(x) for x in raw.replace(" ", "").split(",") if x]
         except ValueError:
-            out.append(None)
-        if out[-1] is None or not (out[-1] or key == "extra_tasks") or not set(out[-1]) <= set(
-                ok or out[-1]):
+            vals = None
+        if vals is None or not (vals or key == "extra_tasks") or not set(vals) <= set(ok or vals):
             want = ", ".join(map(str, ok)) if ok else "numbers"
             raise config.UserError(f"--{key}={raw!r}: expected a comma list of {want}")
+        out.append(vals)
     return out
 
 def get_config(argv) -> ReproduceConfig:
@@ -148,9 +146,9 @@ def build_cells(cfg):
         for seed in range(cfg.seeds):  # seed-major, so a whole row exists before its repeats
             for t in tasks:
                 cid = f"ft-{method}-{t}-s{seed}"
-                cells.append(Cell(cid, "finetune", ["python", "finetune.py", f"--task={t}",
-                                  f"--init={init(t)}", f"--out_dir={out(cid)}", f"--seed={seed}",
-                                  *common("finetune")], out(cid), list(deps), dict(
+                cmd = ["python", "finetune.py", f"--task={t}", f"--init={init(t)}",
+                       f"--out_dir={out(cid)}", f"--seed={seed}", *common("finetune")]
+                cells.append(Cell(cid, "finetune", cmd, out(cid), list(deps), dict(
                     method=method, label=label or LABELS.get(method, method), tables=tabs,
                     task=t, seed=seed, source=src, eta_kind=f"finetune:{t}")))
 
@@ -176,11 +174,11 @@ def build_cells(cfg):
         finetune(f"ln{c:g}", [3], lambda t, c=c: f"preattn_ln:{c:g}", label=f"Pre-attn LN = {c:g}")
     return cells
 
-def read_result(cell):  # the only "finished" signal: the child writes result.json last, atomically
+def read_result(cell, done=True):
+    """The cell's result.json, else None. done: a pre-training cell needs its checkpoint too
+    (results/ is committed without .pt files: a fresh checkout re-runs the seeded pre-training)."""
     path = Path(cell.out_dir) / "result.json"
-    # a pre-training cell also needs its checkpoint: results/ is committed without .pt files, so a
-    # fresh checkout re-runs the (seeded, deterministic) pre-training that unfinished cells need
-    if cell.kind == "pretrain" and not (Path(cell.out_dir) / "ckpt_best.pt").exists():
+    if done and cell.kind == "pretrain" and not (Path(cell.out_dir) / "ckpt_best.pt").exists():
         return None
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -188,7 +186,7 @@ def subprocess_runner(cell, log_path, threads=0):
     """Run one cell's command, all its output into log_path; returns the exit code. threads > 0
     caps the child's threads (OMP_NUM_THREADS, read by torch at start) so parallel cells share."""
     # the same interpreter (venv) as ours; the scripts found next to this file, whatever the cwd
-    cmd = [sys.executable, str(HERE / cell.cmd[1]), *cell.cmd[2:]]
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / cell.cmd[1]), *cell.cmd[2:]]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads > 0 else None
     with open(log_path, "w") as log:
         return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
@@ -206,11 +204,6 @@ def _eta(cells, durations, jobs=1):
         total, untimed = (total + statistics.mean(same), untimed) if same else (total, untimed + 1)
     return _fmt(total / jobs) + (f" + {untimed} untimed cells" if untimed else "")
 
-def _start(pool, runner, cell):  # no result.json: a killed or failed earlier attempt, so afresh
-    shutil.rmtree(cell.out_dir, ignore_errors=True)
-    config.atomic_write(os.path.join(cell.out_dir, "cmd.txt"), " ".join(cell.cmd))  # what ran
-    return pool.submit(runner, cell, Path(cell.out_dir) / "stdout.log")
-
 def _failure(cell, fut):  # None when the cell wrote its result.json (whatever the exit code said)
     e = fut.exception()  # a broken runner is reported like a failing child
     rc = f"runner raised {e!r}" if e else fut.result()
@@ -219,7 +212,7 @@ def _failure(cell, fut):  # None when the cell wrote its result.json (whatever t
     return None if read_result(cell) else f"exit code {rc}, no result.json; log tail:\n{tail}"
 
 def _record(c, error=None, wall_s=None):  # a cell in results.json; one finished earlier: its wall_s
-    res = read_result(c)
+    res = read_result(c, done=False)
     return dict(id=c.id, kind=c.kind, meta=c.meta, cmd=c.cmd, result=res, error=error,
                 wall_s=(res or {}).get("wall_s") if wall_s is None else wall_s)
 
@@ -254,7 +247,10 @@ def run_cells(cells, runner=subprocess_runner, fail_fast=False, log_file=None, j
                 eta = _eta(pending + [c for c, _ in running.values()], durations, jobs)
                 say(f"[{len(cells) - len(pending) - len(running) - 1}/{len(cells)} done] running "
                     f"{cell.id} | elapsed {_fmt(time.time() - t0)} | left ~{eta}")
-                running[_start(pool, runner, cell)] = (cell, time.time())
+                shutil.rmtree(cell.out_dir, ignore_errors=True)  # a killed attempt: start afresh
+                config.atomic_write(os.path.join(cell.out_dir, "cmd.txt"), " ".join(cell.cmd))
+                fut = pool.submit(runner, cell, Path(cell.out_dir) / "stdout.log")
+                running[fut] = (cell, time.time())
             if not running:  # everything left is skipped, or --fail_fast stopped the run
                 break
             for fut in wait(list(running), return_when=FIRST_COMPLETED)[0]:
@@ -309,9 +305,10 @@ def summarize(records, metric="score"):
         means = [c["mean"] for c in row["per_task"].values()]
         # an average over a subset of tasks would not compare across rows, so only over all of them
         row["avg"] = statistics.mean(means) if means and None not in means else None
-    # the reference rows' mean on task t (their average for t=None); None if not run (yet)
-    ref = lambda t: [None if k not in methods else methods[k]["per_task"][t]["mean"] if t
-                     else methods[k]["avg"] for k in ("random", "natural")]
+
+    def ref(t):  # [random, natural] on task t (their averages for t=None); None if not run (yet)
+        return [None if k not in methods else methods[k]["per_task"][t]["mean"] if t
+                else methods[k]["avg"] for k in ("random", "natural")]
     for row in methods.values():
         for t, c in row["per_task"].items():  # n/a: it ran, but natural == random
             c["pct"] = percent_benefit(c["mean"], *ref(t))
@@ -328,12 +325,14 @@ def summarize(records, metric="score"):
 def _notes(t, methods):  # where the denominator natural - random of task t misbehaves, in words
     rc, nc = methods["random"]["per_task"][t], methods["natural"]["per_task"][t]
     d, spread = nc["mean"] - rc["mean"], rc["std"] + nc["std"]  # stds known with 2+ seeds of each
-    return [f"{t}: natural == random, so its % of benefit is n/a (division by ~0)"] * (
-        abs(d) < 1e-9) + [f"{t}: natural scores below random; its % of benefit has the opposite "
-                          "sign"] * (d <= -1e-9) + [
-        f"{t}: natural - random = {d:+.2f} is within the seeds' spread (std {rc['std']:.2f} + "
-        f"{nc['std']:.2f}), so its % of benefit is dominated by noise; compare points"] * (
-        rc["n"] > 1 and nc["n"] > 1 and 0 < abs(d) < spread)
+    if abs(d) < 1e-9:
+        return [f"{t}: natural == random, so its % of benefit is n/a (division by ~0)"]
+    notes = [f"{t}: natural scores below random; its % of benefit has the opposite sign"] * (d < 0)
+    if rc["n"] > 1 and nc["n"] > 1 and abs(d) < spread:
+        notes.append(f"{t}: natural - random = {d:+.2f} is within the seeds' spread (std "
+                     f"{rc['std']:.2f} + {nc['std']:.2f}), so its % of benefit is dominated by "
+                     "noise; compare points")
+    return notes
 
 def _f(x, nd=1):  # a number for a table cell, a dash for "not run (yet)", no "-0" for a tiny minus
     return "–" if x is None else f"{x:.{nd}f}".lstrip("-") if round(x, nd) == 0 else f"{x:.{nd}f}"
@@ -376,11 +375,12 @@ def render_tables(summary):
         if summary["metric"] != "score":  # the task's own test metric, beside the one behind the %
             text += ["", "Test score (`score`: the task's main metric at the best-validation "
                      "step):", "", per_task(lambda c: _f(c["score_mean"]))]
-        best = max([m for k, m in rows if k.startswith("stats-") and m["pct"] is not None],
-                   key=lambda m: m["pct"], default=None)
-        here = f"{best['label']} {_f(best['pct'], 0)}%" if best else "n/a"
-        text += ["", "Paper: parameter statistics (best scheme) reach "
-                 f"{PUBLISHED_STATS_BEST} of the benefit; here the best is {here}."] * (tab == 2)
+        if tab == 2:
+            best = max([m for k, m in rows if k.startswith("stats-") and m["pct"] is not None],
+                       key=lambda m: m["pct"], default=None)
+            here = f"{best['label']} {_f(best['pct'], 0)}%" if best else "n/a"
+            text += ["", "Paper: parameter statistics (best scheme) reach "
+                     f"{PUBLISHED_STATS_BEST} of the benefit; here the best is {here}."]
         text += [""] + [f"Note: {n}" for n in summary["notes"]]  # n/a and sign flips, in words
         text += [f"Failed/skipped: {e['id']}" for e in summary["errors"]]
         out[f"table{tab}.md"] = "\n".join(text).rstrip() + "\n"
@@ -408,9 +408,10 @@ def render_svg(summary):
                  f'class="bar" x="{x0:.1f}" y="{y + 4}" width="{x1 - x0:.1f}" height="14" fill='
                  f'"{fill}"/><text x="{tx:.1f}" y="{y + 15}" text-anchor="{anchor}">'
                  f'{"n/a" if p is None else _f(p, 0) + "%"}</text>')
-        px = x(float(PUBLISHED.get(k, "0%")[:-1]))  # the paper's figure
-        s += [f'<line class="paper" x1="{px:.1f}" y1="{y + 1}" x2="{px:.1f}" y2="{y + 21}" '
-              'stroke="black" stroke-width="3"/>'] * (k in PUBLISHED and not ref)
+        if k in PUBLISHED and not ref:  # the paper's figure
+            px = x(float(PUBLISHED[k][:-1]))
+            s.append(f'<line class="paper" x1="{px:.1f}" y1="{y + 1}" x2="{px:.1f}" y2="{y + 21}" '
+                     'stroke="black" stroke-width="3"/>')
     s.append(f'<text x="260" y="{end + 30}">black ticks: paper (LIME 67%, Set 65%); paper\'s best '
              f'parameter-statistics scheme: {PUBLISHED_STATS_BEST}</text></svg>')
     return "\n".join(s) + "\n"
@@ -420,8 +421,9 @@ def main(argv):
     s, cells = SCALES[cfg.scale], build_cells(cfg)
     if cfg.dry_run:  # the grid and its exact commands, e.g. to check settings before a long run
         n_pt = sum(c.kind == "pretrain" for c in cells)
-        print("\n".join([f"{c.id:<45} {' '.join(c.cmd)}" for c in cells] + [f"{len(cells)} cells: "
-              f"{n_pt} pre-training, {len(cells) - n_pt} fine-tuning -> {cfg.out}"]))
+        print("\n".join(f"{c.id:<45} {' '.join(c.cmd)}" for c in cells))
+        print(f"{len(cells)} cells: {n_pt} pre-training, {len(cells) - n_pt} fine-tuning -> "
+              f"{cfg.out}")
         return 0
     if cfg.report_only:  # e.g. from a second terminal while the grid runs; results.json: the run's
         summary = summarize([_record(c) for c in cells], s["metric"])
@@ -444,4 +446,4 @@ def main(argv):
     return 1 if summary["errors"] else 0  # non-zero when a cell failed, after writing what finished
 
 if __name__ == "__main__":
-    config.main(lambda argv: sys.exit(main(argv)))  # exit status 1 when a cell failed
+    config.main(lambda argv: sys.exit(main(argv)))

@@ -1,39 +1,29 @@
 """tasks.py: every synthetic pre-training task of the paper, as a seeded and fast example generator.
 
-The simple tasks, LIME, nonsense summarisation and the nesting language (the paper's Sections
-3.1-3.4, Appendix A); T5 span corruption (of that language, and of natural_text/ for the natural
-baseline); mixtures 'a+b'; deterministic streams; batching. Run: python tasks.py --task=set --n=3
-prints examples, --bench=True examples/s per task (-h: the settings).
+The simple tasks, LIME, nonsense summarisation, the nesting language (Sections 3.1-3.4, Appendix A),
+T5 span corruption of natural_text/ (the natural baseline), mixtures 'a+b', streams and batching.
+Run: python tasks.py --task=set --n=3 prints examples, --bench=True examples/s per task.
 Our choices where the original is unverified or accidental:
-* Content ids are 2..n-101 (T5: 2..31999): unk=2 is one, as the original drew it; n_task_tokens
-  keeps the first n (random-token tasks only).
-* Without a tokenizer a word (task name, yes/no, digit, nonsense word) is its index in WORDS
-  wrapped onto 3..n-101; at n=32100 names and yes/no take T5's ids; a number is a token per digit.
-* Union and friends, and LIME's rule variables, come in first-occurrence order (not set order).
-* Nesting language: types map to content ids from 3 up (unk skipped), head 2t, dependent 2t+1;
-  sentence lengths follow Ri & Tsuruoka's Wikipedia-en table; the sentence stream is chunked.
-* Nonsense summaries are " ".join(lines).lower(), as the original's data reader builds them.
-* natural: windows start at a uniformly random character and run on into the next documents.
+* Content ids are 2..n-101 (T5: 2..31999), unk=2 included as the original drew it.
+* Without a tokenizer a word is its index in WORDS wrapped onto 3..n-101 (T5's ids at n=32100 for
+  names and yes/no); a number is a token per digit.
+* Set results and LIME's rule variables come in first-occurrence order.
+* Nesting language: head ids[2t], dependent ids[2t+1] (unk skipped); Ri & Tsuruoka's lengths.
+* Nonsense summaries are " ".join(lines).lower(); natural windows start at a random character.
 Reading order: model.py, tokenizer.py, tasks.py (here), config.py, ... Next: config.py.
 """
-import bisect
-import itertools
-import os
-import random
-import time
+import bisect, itertools, os, random, time
 from array import array
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-
 import config
 from tokenizer import Vocab, load_tokenizer
 
 EOS, T5_SIZE = Vocab.eos_id, 32100  # at T5's size and without a tokenizer: T5's ids for names
 T5_YES, T5_NO, LIME_MODES = [4273], [150], ("induct", "deduct", "abduct")  # "▁yes", "▁no"
-
 
 def content_ids(vocab, n_task_tokens=None):
     """Random content ids: unk=2 .. n-101 (T5: 2..31999), the first n_task_tokens of them if set."""
@@ -42,10 +32,8 @@ def content_ids(vocab, n_task_tokens=None):
         raise ValueError(f"n_task_tokens={n_task_tokens} is not in 1..{len(ids)} (n={vocab.size})")
     return ids[:n_task_tokens]
 
-
 def word_id(word, vocab):  # our choice without a tokenizer: 3 + (index in WORDS) mod (n-103)
     return 3 + _WORD_INDEX[word] % (vocab.size - vocab.num_sentinels - 3)
-
 
 def _index(a, b):  # first i with a[i:i+len(b)] == b, else -1, ~10x faster than a Python loop
     A, B = array("i", a).tobytes(), array("i", b).tobytes()
@@ -53,7 +41,6 @@ def _index(a, b):  # first i with a[i:i+len(b)] == b, else -1, ~10x faster than 
     while i > 0 and i % 4:  # a hit inside a 4-byte token is no token-level hit
         i = A.find(B, i + 1)
     return i // 4 if i >= 0 else -1
-
 
 class Gen:
     """A task's settings (lengths lo..hi, content ids V, special ids) and generators. A simple task
@@ -79,9 +66,9 @@ class Gen:
         ids = self.tok.encode(str(n))  # the original dropped a lone leading '▁'; we a blank piece
         return ids[1:] if len(ids) > 1 and not self.tok.decode(ids[:1]).strip() else ids
 
-    def partition(self, rng, n, k):  # multinomial(n-k, uniform over k) + 1: (7, 3) -> [2, 4, 1]
-        parts = [1] * k
-        for j in rng.choices(range(k), k=n - k):
+    def partition(self, rng, n, k, low=1):  # multinomial(n-k*low, uniform over k) + low:
+        parts = [low] * k  # (7, 3) -> [2, 4, 1]
+        for j in rng.choices(range(k), k=n - k * low):
             parts[j] += 1
         return parts
 
@@ -89,8 +76,7 @@ class Gen:
         return [t for t, m in zip(types, self.partition(rng, n, len(types))) for _ in range(m)]
 
     def query(self, rng, p_neg):
-        """(a, q), q in a r >= 1 times (q=[4, 5], r=2, gaps=[1, 0, 1] -> a=[9, 4, 5, 4, 5, 8]), or
-        with p_neg not: resampled, as the original, while the string of q's ids is in a's."""
+        """(a, q): q planted r >= 1 times in a, or with p_neg absent (resampled, as the original)"""
         if rng.random() <= p_neg:
             if rng.random() < 0.01:  # 1%: a query longer than the sequence
                 q = self.rand(rng, qlen := rng.randint(min(self.lo + 1, self.hi), self.hi))
@@ -105,9 +91,7 @@ class Gen:
         slen = rng.randint(2 * qlen, self.hi - 1 - qlen)
         q = self.rand(rng, qlen)
         r = rng.randint(1, slen // qlen)  # planted copies of q, in r+1 gaps of filler
-        gaps = [0] * (r + 1)
-        for j in rng.choices(range(r + 1), k=slen - r * qlen):
-            gaps[j] += 1
+        gaps = self.partition(rng, slen - r * qlen, r + 1, low=0)
         return self.rand(rng, gaps[0]) + [x for g in gaps[1:] for x in q + self.rand(rng, g)], q
 
     def unary(self, rng, out):  # the six unary tasks' body: n~U{lo..hi}, a = rand(n)
@@ -176,9 +160,8 @@ class Gen:
         raise RuntimeError(f"{name}: no body of length {self.lo}..{self.hi} in 100000 tries")
 
     def lime(self, rng, mode):
-        """Fresh 24 upper (variables), 24 lower, 20 math ids; k~U{3..5} variables drawn 2k times:
-        rule [A + B A * -], subst [A : [ x y ] B : [ + z ]], result [x y + + z x y * -]. induct:
-        rule from result and subst; deduct: result from rule and subst; abduct: subst from both."""
+        """rule [A + B A * -], subst [A : [ x y ] B : [ + z ]] -> result [x y + + z x y * -];
+        induct infers the rule, deduct the result, abduct the substitution from the other two."""
         col, sep, upp, lbr, low, mth, rbr = (self.vocab.sentinel(99 - i) for i in range(7))
         for _ in range(1000):  # rejection sampling, as the original
             al = rng.sample(self.V, 68)  # 68 distinct ids (is_original_vocab_division)
@@ -213,11 +196,9 @@ class Gen:
             toks += nesting_sentence(rng, ids)
         return span_corrupt(toks[:n_tokens], self.vocab, rng)
 
-
 def _distinct(xs, ys, keep_if_in):
     ys = set(ys)
     return [t for t in dict.fromkeys(xs) if (t in ys) == keep_if_in]
-
 
 # name: (generator, the task prefix the original wrote, that prefix in T5's ids). The unary tasks
 # on a=[5, 9, 7]: identity [5, 9, 7], duplicate [5, 5, 9, 9, 7, 7], reverse [7, 9, 5], first and
@@ -248,11 +229,9 @@ SIMPLE = {
 TASKS = list(SIMPLE) + ["lime", "lime_induct", "lime_deduct", "lime_abduct", "nonsense_summary",
                         "nesting_language", "natural"]
 
-
 # ------------------------------------------------------------------------- nonsense summarisation
 def _kw(tid, base):  # Appendix A.3: a keyword token is "__" + task id + "__" + base + "__"
     return f"__{tid}__{base}__"
-
 
 _L = "abcdefghijklmnopqrstuvwxyz"  # A.1: word i spells i in base 26, least significant first
 NONSENSE_WORDS = [_L[i % 26] + _L[i // 26 % 26] + _L[i // 676 % 26] for i in range(5000)]
@@ -280,14 +259,11 @@ WORDS = list(dict.fromkeys(
     + [_kw(t, f"class_{c}") for t in ("d11", "d13") for c in range(3)] + NONSENSE_WORDS))
 _WORD_INDEX = {w: i for i, w in enumerate(WORDS)}
 
-
 def _pick(lines, m, rng):  # A.4's pick_lines(m): m distinct lines, ascending
     return sorted(rng.sample(range(len(lines)), m))
 
-
 def _free(w, keep_last=1):  # A.4's replaceable(line): positions <= L-1-keep_last without '_'
     return [p for p in range(len(w) - keep_last) if "_" not in w[p]]  # (keywords stay)
-
 
 class Transform:
     """A transformation: modify(lines, rng) edits token lists in place, output() gives summaries."""
@@ -368,9 +344,7 @@ class Transform:
             return [J(w[:q] + ["."]), J(w[:p] + w[q:-1] + ["."])]
         return [J(w[:w.index(kw)] + ["."])]  # d21: the tokens before the keyword
 
-
 TRANSFORMS = [Transform(*spec) for spec in _T_SPECS]
-
 
 def nonsense_document(rng):
     """One document (A.2, A.5): 7..13 lines of 5..15 words + ".", an ordered triple of distinct
@@ -383,12 +357,10 @@ def nonsense_document(rng):
     summary = [s for t in triple for s in t.output(lines, rng)]  # read after all modifications
     return [" ".join(w) for w in lines], summary
 
-
 # ------------------------------------------------------------------------- span corruption, nesting
 def _noise(n, noise_density=0.15, mean_span=3):  # (noise tokens, noise spans) of n tokens
     n_noise = min(max(round(n * noise_density), 1), n - 1)  # round() is half-to-even, as np.round
     return n_noise, max(round(n_noise / mean_span), 1)
-
 
 def span_corrupt(tokens, vocab, rng):
     """T5's span_corruption without EOS: kept and noise spans alternate, kept first; [a b c d e f g]
@@ -409,7 +381,6 @@ def span_corrupt(tokens, vocab, rng):
         pos += keep[k] + noise[k]
     return src, tgt
 
-
 def span_tokens_length(inputs_length):
     """T5's random_spans_helper: the raw length whose corrupted input plus EOS fits (512 -> 568);
     the noise is clamped as span_corrupt clamps it (T5 does not, which matters below 10 tokens)."""
@@ -421,7 +392,6 @@ def span_tokens_length(inputs_length):
         t += 1
     return t
 
-
 # Sentence lengths 0..60 of Ri & Tsuruoka's empirical Wikipedia-en fit (their
 # empirical_distribution_sampler.libsonnet): the count at index L weighs length L.
 _LEN_CUM = list(itertools.accumulate([0] * 6 + [
@@ -429,16 +399,13 @@ _LEN_CUM = list(itertools.accumulate([0] * 6 + [
     284, 307, 252, 246, 255, 209, 207, 177, 168, 165, 128, 149, 133, 109, 123, 102, 99, 81, 81, 73,
     60, 61, 44, 43, 43, 52, 39, 26, 30, 29, 24, 34, 18, 8, 17, 15]))
 
-
 @lru_cache(maxsize=8)
 def _zipf_cum(n_types):
     return list(itertools.accumulate(n_types // i for i in range(1, n_types + 1)))  # ∝ floor(V/i)
 
-
 def nesting_sentence(rng, ids):
-    """A sentence of the nesting-dependency language (Ri & Tsuruoka's parenthesis_language.py):
-    type t has head ids[2t] and dependent ids[2t+1]. L=7 -> 3 or 4 Zipf types, e.g. [4, 0, 4] ->
-    pairs (4 4)(0 0)(4 4); a stack (open with p=0.4 or if empty, else close): (4 (0 0) (4 4) 4)."""
+    """A sentence of Ri & Tsuruoka's nesting-dependency language: Zipf types [4, 0, 4] give pairs
+    (4 4)(0 0)(4 4), nested by a stack (open w.p. 0.4 or if empty, else close): (4 (0 0) (4 4) 4)"""
     n_types = len(ids) // 2  # T5 layout: 15998 types over 31997 ids
     L = bisect.bisect(_LEN_CUM, rng.random() * _LEN_CUM[-1])  # the empirical lengths, 6..60
     half = max(L // 2 + (rng.random() < 0.5), 1)  # floor(L/2) or floor(L/2)+1 types, 50/50
@@ -453,11 +420,9 @@ def nesting_sentence(rng, ids):
             out.append(stack.pop())
     return out + stack[::-1]  # close everything still open
 
-
 class NaturalText:
-    """Span corruption of windows of natural_text/<split>.txt (documents between blank lines): a
-    window starts at a uniformly random character (a document ∝ its length, a start uniform in
-    it) and runs on into the next documents. Documents are tokenized when first drawn."""
+    """Span corruption of windows of natural_text/<split>.txt (documents between blank lines) that
+    start at a uniformly random character; documents are tokenized when first drawn."""
 
     def __init__(self, path, tokenizer, vocab, n_tokens):
         if not os.path.isfile(path):  # checked here, while the file is read on first use
@@ -486,7 +451,6 @@ class NaturalText:
             out += self.tokens(d)[:self.n - len(out)]
         return span_corrupt(out, self.vocab, rng)
 
-
 # ------------------------------------------------------------------------- tasks, streams, batches
 class Task:
     """A named generator: example(rng) -> (source ids, target ids), EOS appended to both, as the
@@ -500,13 +464,11 @@ class Task:
         src, tgt = self._fns[split](rng)
         return src + [EOS], tgt + [EOS]
 
-
 def _mixture(name, tasks):  # equal rates (seqio's default_rate=1), drawn with the example's rng
     def pick(split):
         fns = [t._fns[split] for t in tasks]
         return lambda rng: fns[rng.randrange(len(fns))](rng)
     return Task(name, pick("train"), pick("validation"), parts=[p for t in tasks for p in t.parts])
-
 
 def get_task(name, vocab, *, tokenizer=None, data_dir=None, min_len=10, max_len=220,
              n_task_tokens=None):
@@ -523,7 +485,6 @@ def get_task(name, vocab, *, tokenizer=None, data_dir=None, min_len=10, max_len=
     g = Gen(vocab, tokenizer, min_len, max_len, n_task_tokens)  # shared by a mixture's parts
     tasks = [_build(s, g, data_dir) for s in names]
     return tasks[0] if len(tasks) == 1 else _mixture(name, tasks)
-
 
 def _build(name, g, data_dir):
     if name in SIMPLE:  # the prefix as the original spelled it, encoded once
@@ -548,7 +509,6 @@ def _build(name, g, data_dir):
     return Task(name, *(NaturalText(os.path.join(data_dir, "natural_text", f"{s}.txt"), g.tok,
                                     g.vocab, n_tokens) for s in ("train", "validation")))
 
-
 class TaskStream:
     """Example i of a split comes from random.Random(f"{split}/{seed}/{i}") (str seeds are hashed
     with sha512: stable across processes), so batch size and restarts do not change the data."""
@@ -564,7 +524,6 @@ class TaskStream:
         self.position += n
         return out
 
-
 def collate(examples, max_src_len, max_tgt_len, pad_id=0, pad_to_max=False):
     """Pad to the longest sequence (or to the max lengths if pad_to_max: fixed shapes), cutting
     longer ones as seqio's trim does (the EOS is lost): ({"input_ids", "attention_mask", "labels"
@@ -577,7 +536,6 @@ def collate(examples, max_src_len, max_tgt_len, pad_id=0, pad_to_max=False):
             "attention_mask": torch.tensor([[1] * len(s) + [0] * (S - len(s)) for s in src]),
             "labels": torch.tensor([t + [-100] * (T - len(t)) for t in tgt])}, n_cut  # a tensor
 
-
 @dataclass
 class TasksConfig:
     task: str = "set"                # a name in TASKS or a mixture "a+b+c"
@@ -586,7 +544,6 @@ class TasksConfig:
     tokenizer: str = ""              # a tokenizer file (tokenizer.py): its size then decides
     data_dir: str = config.DATA_DIR  # holds natural_text/ for the task natural
     bench: bool = False              # instead: examples/s of every task on one core
-
 
 def main(argv):
     cfg = config.parse(TasksConfig, argv, doc=__doc__)
@@ -608,7 +565,6 @@ def main(argv):
         for i in range(500):
             task.example(random.Random(f"train/0/{i}"))
         print(f"{name:18s} {500 / (time.perf_counter() - t0):9.0f} examples/s")
-
 
 if __name__ == "__main__":
     config.main(main)

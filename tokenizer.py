@@ -13,7 +13,6 @@ from tqdm import tqdm
 
 import config
 
-
 class Vocab:
     """The T5 layout of `size` ids (T5: 32100): pad 0, eos 1, unk 2, <extra_id_k> = size-1-k (T5:
     32099 down to 32000). The embedding rounds size up to a multiple of 128 rows (T5: 32128)."""
@@ -30,13 +29,11 @@ class Vocab:
     def is_sentinel(self, i: int) -> bool:
         return self.size - self.num_sentinels <= i < self.size
 
-
 class Tokenizer(Vocab):
     """Subclasses give encode(text) -> ids, without EOS (tasks append it), and decode(ids) -> text,
     skipping pad and eos (it does not stop at eos), sentinels shown as "<extra_id_k>"."""
 
-    def _content_ids(self, ids):
-        """Ids but pad, eos, -100 (ignored labels) and padding rows (>= size) a model may emit."""
+    def _content_ids(self, ids):  # all but pad, eos, -100 (ignored labels), padding rows >= size
         for i in map(int, ids.tolist() if hasattr(ids, "tolist") else ids):  # torch / numpy too
             if i in (self.pad_id, self.eos_id, -100) or self.size <= i < self.model_vocab_size:
                 continue
@@ -49,14 +46,12 @@ class Tokenizer(Vocab):
             self._cache[word] = segment(word)
         return self._cache.get(word) or segment(word)
 
-
 # Byte-level BPE on the words of GPT-2's pattern in stdlib `re`: contractions, letter runs, up to 3
 # digits (as GPT-4), punctuation runs ("_" too), each led by at most one space; a whitespace run
 # leaves its last space to the next word. Words cover the text, and merges never cross them.
 PRETOKENIZE_PATTERN = r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d{1,3}| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"
 _PRETOKENIZE = re.compile(PRETOKENIZE_PATTERN)
 BYTE_OFFSET, FIRST_MERGE_ID = 3, 259  # byte b has id 3 + b (after pad/eos/unk); merges follow
-
 
 def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     """Every non-overlapping occurrence of `pair`, left to right, replaced by `new_id`."""
@@ -69,7 +64,6 @@ def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
             out.append(ids[i])
             i += 1
     return out
-
 
 class BPETokenizer(Tokenizer):
     """Ids 3..258 are the bytes, 259.. the merges, applied to each word by rank (the order training
@@ -111,15 +105,13 @@ class BPETokenizer(Tokenizer):
                                  "pretokenize_pattern": PRETOKENIZE_PATTERN, "merges": self.merges},
                           indent=None)
 
-
 def train_bpe(texts, size: int, min_frequency: int = 2, progress: bool = True) -> BPETokenizer:
     """Learn size-359 merges (fewer if no pair occurs min_frequency times), updating only the words
     holding the merged pair; ties go to the smallest (left, right) ids: same corpus, same merges."""
     BPETokenizer(size, [])  # checks the size before the long part
-    counts = Counter(w for text in texts for w in _PRETOKENIZE.findall(text))
-    vocab_words = sorted(counts)  # independent of the order the texts came in
-    words = [[BYTE_OFFSET + b for b in w.encode("utf-8")] for w in vocab_words]
-    freqs = [counts[w] for w in vocab_words]
+    counts = sorted(Counter(w for text in texts for w in _PRETOKENIZE.findall(text)).items())
+    words = [[BYTE_OFFSET + b for b in w.encode("utf-8")] for w, _ in counts]  # sorted: the same
+    freqs = [f for _, f in counts]  # for any order of the texts
     pair_count, where, merges = defaultdict(int), defaultdict(set), []  # where: pair -> word ids
     for wi, (w, f) in enumerate(zip(words, freqs)):
         for pair in zip(w, w[1:]):
@@ -150,13 +142,11 @@ def train_bpe(texts, size: int, min_frequency: int = 2, progress: bool = True) -
                 heapq.heappush(heap, (-pair_count[p], p))
     return BPETokenizer(size, merges)
 
-
 class UnigramTokenizer(Tokenizer):
-    """T5's SentencePiece model from its HF tokenizer.json (as a dict; only the vocabulary is read).
-    As HF does for T5: typed added tokens ("</s>", "<extra_id_k>") map to their ids; NFKC stands in
-    for nmt_nfkc (NFKC plus split()'s clean-up); each word, led by "▁", gets the Viterbi pieces of
-    highest log-probability, unk (score min - 10) for a character no piece covers. Viterbi ties may
-    break unlike SentencePiece's; on real vocabularies they are rare."""
+    """T5's SentencePiece model from its HF tokenizer.json (a dict; only the vocabulary is read). As
+    HF does for T5: typed added tokens ("</s>", "<extra_id_k>") map to their ids; NFKC (+ split())
+    stands in for nmt_nfkc; each word, led by "▁", gets its most probable Viterbi pieces, unk (score
+    min - 10) for a character no piece covers. Ties may break unlike SentencePiece's (rare)."""
 
     def __init__(self, spec: dict):
         model = spec.get("model") or {}
@@ -207,17 +197,15 @@ class UnigramTokenizer(Tokenizer):
         for si, segment in enumerate(self._special_re.split(text)):
             if si % 2:  # the odd parts of re.split with a group are the matched special tokens
                 out.append(self._special_ids[segment])
-                continue
-            for word in unicodedata.normalize("NFKC", segment).split():  # "▁" stands for a space
-                out.extend(self._cached("▁" + word, self._viterbi))
+            else:  # "▁" stands for a space
+                out += [i for word in unicodedata.normalize("NFKC", segment).split()
+                        for i in self._cached("▁" + word, self._viterbi)]
         return out
 
     def decode(self, ids) -> str:
         text = "".join(f"<extra_id_{self.size - 1 - i}>" if self.is_sentinel(i)
-                       else self.id_to_piece[i] for i in self._content_ids(ids))
-        text = text.replace("▁", " ")  # and the Metaspace decoder drops the first word's space
-        return text[1:] if text.startswith(" ") else text
-
+                       else self.id_to_piece[i] for i in self._content_ids(ids)).replace("▁", " ")
+        return text[1:] if text.startswith(" ") else text  # as the Metaspace decoder does
 
 def load_tokenizer(path: str) -> Tokenizer:
     """Our BPE json (BPETokenizer.save) or a Hugging Face T5 tokenizer.json (unigram)."""
@@ -232,12 +220,10 @@ def load_tokenizer(path: str) -> Tokenizer:
     except (ValueError, KeyError, TypeError, AttributeError) as e:  # not JSON, or not this shape
         raise config.UserError(f"tokenizer file {path}: {type(e).__name__}: {e}") from None
 
-
 def default_corpus(data_dir: str, max_chars_per_file=None, natural_only: bool = False):
     """natural_text/train.txt, then each task's train.jsonl (source and target; or the original
     release's train.txt), max_chars_per_file of each so CNN and SQuAD do not dominate. natural_only:
-    as T5's vocabulary saw C4 alone (else 60% of MTOP's target tokens, like "[IN:", never occur in
-    natural_text, so natural pre-training only ever pushes them down)."""
+    as T5's saw C4 alone (else 60% of MTOP target tokens, "[IN:" etc., are not in natural_text)."""
     files = [os.path.join(data_dir, "natural_text", "train.txt")]
     for task in [] if natural_only else sorted(os.listdir(data_dir)):
         paths = [os.path.join(data_dir, task, name) for name in ("train.jsonl", "train.txt")]
@@ -256,12 +242,10 @@ def default_corpus(data_dir: str, max_chars_per_file=None, natural_only: bool = 
                     except (json.JSONDecodeError, KeyError, TypeError) as e:
                         raise config.UserError(f"{path}:{n}: expected a JSON object with source "
                                                f"and target ({e})") from None
-                for text in parts:
-                    yield text
-                    budget -= len(text)
+                yield from parts
+                budget -= sum(map(len, parts))
                 if budget <= 0:
                     break
-
 
 def get_tokenizer(data_dir: str, size: int, path: str, max_chars_per_file=10_000_000,
                   progress: bool = True, natural_only: bool = False) -> Tokenizer:
@@ -274,7 +258,6 @@ def get_tokenizer(data_dir: str, size: int, path: str, max_chars_per_file=10_000
         raise config.UserError(f"tokenizer {path} has size {tok.size}, not {size}: delete it")
     return tok
 
-
 @dataclass
 class TokenizerConfig:
     data_dir: str = config.DATA_DIR       # holds natural_text/ and the downstream task folders
@@ -282,7 +265,6 @@ class TokenizerConfig:
     path: str = "out/bpe8192.json"        # loaded if it exists, else trained and saved there
     max_chars_per_file: int = 10_000_000  # characters read from each corpus file (0: all)
     natural_only: bool = False            # train on natural_text alone (see default_corpus)
-
 
 def main(argv):
     cfg, t0 = config.parse(TokenizerConfig, argv, doc=__doc__), time.time()
@@ -294,7 +276,6 @@ def main(argv):
             texts = [json.loads(line)[k] for line in f for k in ("source", "target")][:2000]
         ratio = sum(len(tok.encode(t)) for t in texts) / sum(map(len, texts))
         print(f"{os.path.basename(os.path.dirname(path)):18s} {ratio:.3f} tokens/char")
-
 
 if __name__ == "__main__":
     config.main(main)

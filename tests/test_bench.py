@@ -1,50 +1,88 @@
-"""Tests of bench.py (issue 2): its arguments and one tiny end-to-end run on the CPU. No timing is asserted.
+"""Tests of bench.py: its settings and one tiny run on the CPU (no timing is asserted); with
+transformers installed, that the HF model it builds computes our logits.
 
 Run: python -m pytest -q tests/test_bench.py
 """
-import os
-import sys
-
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import bench  # noqa: E402
-from model import T5, get_config  # noqa: E402
+import bench
+from config import UserError
+from model import T5, get_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-TINY_RUN = ["--preset=tiny", "--batch=2", "--src_len=8", "--tgt_len=6", "--warmup=0", "--steps=1",
-            "--compile=False", "--decode_batch=3", "--decode_tokens=2"]
+TINY_RUN = ["--model=tiny", "--batch=2", "--src_len=8", "--tgt_len=6", "--steps=1",
+            "--compile=False"]
 
 
-def test_arguments_are_checked():
-    with pytest.raises(SystemExit, match="bad argument '--stpes=2'"):
-        bench.parse_args(["--stpes=2"])
-    with pytest.raises(SystemExit, match="--steps must be int"):
-        bench.parse_args(["--steps=2.5"])
-    with pytest.raises(SystemExit, match="not a device"):
+def test_settings_are_checked(capsys):
+    with pytest.raises(UserError, match="unknown setting --stpes"):
+        bench.main(["--stpes=2"])
+    with pytest.raises(UserError, match="--steps=2.5: expected int"):
+        bench.main(["--steps=2.5"])
+    with pytest.raises(UserError, match="not a device"):
         bench.main(TINY_RUN + ["--device=gpu0"])
-    with pytest.raises(SystemExit, match="unknown mode 'fp16'"):
+    with pytest.raises(UserError, match="--modes='fp16' is not one of fp32, bf16"):
         bench.main(TINY_RUN + ["--modes=fp16"])
+    with pytest.raises(UserError, match="unknown model preset"):
+        bench.main(["--model=huge"])
+    with pytest.raises(SystemExit) as e:
+        bench.main(["-h"])
+    assert e.value.code == 0 and "--compare_hf=False" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where CUDA is missing")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is missing")
 def test_cuda_without_a_gpu_says_so():
-    with pytest.raises(SystemExit, match="CUDA is not available"):
+    with pytest.raises(UserError, match="CUDA is not available"):
         bench.main(TINY_RUN + ["--device=cuda"])
 
 
 def test_tiny_run_reports_consistent_rows(capsys):
-    rows, ratios, (greedy, beam) = bench.main(TINY_RUN)
-    assert [(r[0], r[1]) for r in rows] == [("ours eager", "fp32"), ("ours eager", "bf16")]
+    rows = bench.main(TINY_RUN)
+    assert [(r["model"], r["mode"]) for r in rows] == [("ours eager", "fp32"),
+                                                       ("ours eager", "bf16")]
     fpt = T5(get_config("tiny")).flops_per_token(8, 6)
     out = capsys.readouterr().out
-    for name, mode, sec, tps, mfu, mfu_sheet in rows:
-        assert sec > 0 and tps == pytest.approx(2 * 6 / sec)  # target tokens per second
-        assert mfu_sheet is None  # no datasheet peak for a CPU
-        peak = 3 * fpt * tps / mfu  # MFU = training FLOP/s (forward x3) over the measured matmul peak
-        assert 1e8 < peak < 1e14, peak  # a plausible FLOP/s, so MFU is a ratio to a rate, not a bare count
-        assert f"| {name} | {mode} | {sec * 1e3:.0f} | {tps:.0f} | {mfu:.1%} | – |" in out
-    assert ratios == []  # no --compare_hf
-    assert greedy > 0 and beam > 0
+    for r in rows:
+        assert r["sec"] > 0 and r["tok_s"] == pytest.approx(2 * 6 / r["sec"])  # target tokens/s
+        assert r["mfu_datasheet"] is None and r["hf_over_ours"] is None  # a CPU; no --compare_hf
+        peak = 3 * fpt * r["tok_s"] / r["mfu"]  # MFU: training FLOP/s over the measured peak
+        assert 1e8 < peak < 1e14, peak  # a plausible FLOP/s: MFU is a ratio of rates
+        assert (f"| {r['model']} | {r['mode']} | {r['sec'] * 1e3:.0f} | {r['tok_s']:.0f} | "
+                f"{r['mfu']:.1%} | – |  |") in out
+
+
+def test_compare_hf_without_transformers_is_one_line(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+    def no_transformers(name, *args, **kw):
+        if name == "transformers":
+            raise ImportError(name)
+        return real_import(name, *args, **kw)
+    monkeypatch.setattr(builtins, "__import__", no_transformers)
+    with pytest.raises(UserError, match="--compare_hf=True needs the transformers package"):
+        bench.main(TINY_RUN + ["--compare_hf=True"])
+
+
+@pytest.mark.parametrize("preset", ["tiny", "t5-v1_1-small"])  # tied relu, untied gated-gelu
+def test_hf_model_is_ours(preset):
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = T5(get_config(preset, num_layers=1, num_decoder_layers=2))
+    ref = bench.hf_model(model)
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(ref) == n(model)  # untied stays untied; the embeddings shared as ours
+    assert (ref.lm_head.weight is ref.shared.weight) == model.config.tie_word_embeddings
+    x, y = torch.randint(3, 1000, (2, 8)), torch.randint(3, 1000, (2, 6))
+    with torch.no_grad():
+        ours = model.eval()(input_ids=x, labels=y)[0]
+        theirs = ref.eval()(input_ids=x, labels=y).logits
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+
+
+def test_compare_hf_rows():
+    pytest.importorskip("transformers")
+    rows = bench.main(TINY_RUN + ["--modes=fp32", "--steps=2", "--compare_hf=True"])
+    assert [r["model"] for r in rows] == ["ours eager", "HF eager"]
+    assert rows[0]["hf_over_ours"] is None and rows[1]["hf_over_ours"] > 0

@@ -12,6 +12,7 @@ import model as model_lib
 from config import UserError
 from finetune import EpochData, get_finetune_config, load_data, load_split, select_best
 from tokenizer import train_bpe
+from train import micro_batch
 
 TINY = model_lib.T5Config(vocab_size=512, d_model=32, d_kv=8, d_ff=64, num_layers=1,
                           num_decoder_layers=1, num_heads=2)
@@ -113,8 +114,8 @@ def test_presets_and_overrides():
 
 
 def test_micro_batch_size_defaults_to_batch_size():
-    assert get_finetune_config(["--batch_size=16"]).micro_batch_size == 16
-    assert get_finetune_config(["--batch_size=16", "--micro_batch_size=8"]).micro_batch_size == 8
+    assert micro_batch(get_finetune_config(["--batch_size=16"])) == 16
+    assert micro_batch(get_finetune_config(["--batch_size=16", "--micro_batch_size=8"])) == 8
     with pytest.raises(ValueError, match="not divisible"):
         get_finetune_config(["--batch_size=16", "--micro_batch_size=5"])
 
@@ -270,5 +271,5 @@ def test_tiny_finetuning_run_learns(tmp_path, monkeypatch):
     on_disk = json.load(open(tmp_path / "out" / "result.json"))
     assert on_disk["score"] == result["score"]
     assert on_disk["best_step"] == select_best(result["history"])["step"]
-    assert on_disk["config"]["micro_batch_size"] == 32 and on_disk["config"]["bucket"] == 50
+    assert on_disk["config"]["micro_batch_size"] == 0 and on_disk["config"]["bucket"] == 50
     assert os.path.exists(tmp_path / "out" / "ckpt_best.pt")

@@ -1,7 +1,7 @@
-"""Tests for stats_init.py (PAPER.md §4, Experiment 3, and Table 3's constant pre-attention LN).
+"""Tests for stats_init.py (Experiment 3, and Table 3's constant pre-attention layer norms).
 
-The expected groups are derived independently: our names are translated to T5X flattened names and the
-original repository's regexes (`re.match`, _final_init_exps.py) are applied to them literally.
+The expected groups are derived independently: our names are translated to T5X flattened names
+and the original code's regexes (`re.match`) are applied to them literally.
     python -m pytest -q tests/test_stats_init.py
 """
 import re
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from model import T5, get_config
+from config import UserError
 from stats_init import (SCHEMES, apply_init_spec, group_stats, init_from_stats, load_source, main,
                         preattn_ln_init, scheme_groups)
 
@@ -34,23 +35,26 @@ def fake_pretrained(model):
             for i, (n, t) in enumerate(model.state_dict().items())}
 
 
-# --- the paper's groupings, on T5X names -------------------------------------------------------------
-T5X_MODULE = {"attn_norm": "pre_attention_layer_norm", "self_attn_norm": "pre_self_attention_layer_norm",
+# --- the paper's groupings, on T5X names ---------------------------------------------------
+T5X_MODULE = {"attn_norm": "pre_attention_layer_norm",
+              "self_attn_norm": "pre_self_attention_layer_norm",
               "cross_attn_norm": "pre_cross_attention_layer_norm", "mlp_norm": "pre_mlp_layer_norm",
-              "attn": "attention", "self_attn": "self_attention", "cross_attn": "encoder_decoder_attention",
-              "mlp": "mlp"}
+              "attn": "attention", "self_attn": "self_attention",
+              "cross_attn": "encoder_decoder_attention", "mlp": "mlp"}
 
 
 def t5x_name(n):
-    """Our parameter name -> the T5X flattened name (PAPER.md §2)."""
-    fixed = {"shared.weight": "token_embedder/embedding", "lm_head.weight": "decoder/logits_dense/kernel",
+    """Our parameter name -> the T5X flattened name."""
+    fixed = {"shared.weight": "token_embedder/embedding",
+             "lm_head.weight": "decoder/logits_dense/kernel",
              "encoder.final_layer_norm.weight": "encoder/encoder_norm/scale",
              "decoder.final_layer_norm.weight": "decoder/decoder_norm/scale",
              "encoder.relative_attention_bias.weight": "encoder/relpos_bias/rel_embedding",
              "decoder.relative_attention_bias.weight": "decoder/relpos_bias/rel_embedding"}
     if n in fixed:
         return fixed[n]
-    stack, i, module, sub = re.fullmatch(r"(encoder|decoder)\.block\.(\d+)\.(\w+?)\.(?:(\w+)\.)?weight", n).groups()
+    pattern = r"(encoder|decoder)\.block\.(\d+)\.(\w+?)\.(?:(\w+)\.)?weight"
+    stack, i, module, sub = re.fullmatch(pattern, n).groups()
     if sub is None:  # a layer norm
         return f"{stack}/layers_{i}/{T5X_MODULE[module]}/scale"
     sub = dict(q="query", k="key", v="value", o="out").get(sub, sub)
@@ -65,23 +69,8 @@ def paper_groups(model, scheme):
     single = lambda regex: [[x] for x in gs(regex) if x != "token_embedder/embedding"]
     if scheme == "whole_model_scale":
         groups = [gs(".*attention/") + gs(".*mlp/"), gs(".*norm"), gs(".*relpos")]
-    elif scheme == "across_layers_scale":
-        groups = [gs(".*query"), gs(".*key"), gs(".*value"), gs(".*attention.*out"), gs(".*mlp/"),
-                  gs(".*pre_mlp_layer_norm"), gs(".*attention_layer_norm"),
-                  ["encoder/encoder_norm/scale", "decoder/decoder_norm/scale"], gs(".*relpos")]
-    elif scheme == "per_layer_scale":
-        depth = dict(encoder=model.config.num_layers, decoder=model.config.num_decoder_layers)
-        groups = [[x] for x in names if "layers" not in x and "token_embedder" not in x]
-        for stack in depth:
-            for i in range(depth[stack]):
-                p = f"{stack}/layers_{i}/"
-                groups += [gs(p + ".*attention/") + gs(p + ".*mlp/"),
-                           gs(p + ".*pre_mlp_layer_norm") + gs(p + ".*attention_layer_norm")]
     else:
-        regex = {"per_param_mean_sd": ".*", "per_param_scale": ".*", "preattn_ln_per_param_scale": ".*attention.*norm",
-                 "premlp_ln_per_param_scale": ".*mlp.*norm", "attention_per_param_scale": ".*attention/",
-                 "mlp_per_param_scale": ".*mlp/"}[scheme]
-        groups = single(regex)
+        groups = single(".*attention.*norm" if scheme == "preattn_ln_per_param_scale" else ".*")
     return {frozenset(ours[x] for x in g) for g in groups}
 
 
@@ -99,10 +88,8 @@ def test_group_counts():
     model, e, d = fresh(RELU), RELU.num_layers, RELU.num_decoder_layers
     counts = {s: len(scheme_groups(model, s)) for s in SCHEMES}
     per_param = (1 + 8 * e + 1) + (1 + 13 * d + 1)  # relpos, blocks, final norm of each stack
-    assert counts == dict(per_param_mean_sd=per_param, per_param_scale=per_param, whole_model_scale=3,
-                          preattn_ln_per_param_scale=e + 2 * d, across_layers_scale=9,
-                          per_layer_scale=2 * (e + d) + 4, premlp_ln_per_param_scale=e + d,
-                          attention_per_param_scale=4 * e + 8 * d, mlp_per_param_scale=2 * (e + d))
+    assert counts == dict(per_param_mean_sd=per_param, per_param_scale=per_param,
+                          whole_model_scale=3, preattn_ln_per_param_scale=e + 2 * d)
 
 
 @pytest.mark.parametrize("cfg", [RELU, GATED_UNTIED], ids=["relu-tied", "gated-untied"])
@@ -157,7 +144,8 @@ def test_drawn_values_follow_the_group_statistics(scheme):
 def test_seed_determines_the_model():
     def build(seed):
         model = fresh(RELU)
-        return init_from_stats(model, fake_pretrained(model), "per_param_mean_sd", seed=seed).state_dict()
+        sd = fake_pretrained(model)
+        return init_from_stats(model, sd, "per_param_mean_sd", seed=seed).state_dict()
     a, b, c = build(3), build(3), build(4)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["encoder.block.0.attn.q.weight"], c["encoder.block.0.attn.q.weight"])
@@ -175,14 +163,14 @@ def test_original_init_id_spellings_are_accepted():
 def test_bad_scheme_and_checkpoint_errors():
     model = fresh(RELU)
     sd = fake_pretrained(model)
-    with pytest.raises(ValueError, match="per_param_mean_sd.*mlp_per_param_scale"):
+    with pytest.raises(UserError, match="per_param_mean_sd.*preattn_ln_per_param_scale"):
         init_from_stats(model, sd, "per_param_std", seed=0)
     missing = dict(sd)
     del missing["decoder.block.1.cross_attn.v.weight"]
-    with pytest.raises(ValueError, match=r"decoder\.block\.1\.cross_attn\.v\.weight"):
-        init_from_stats(model, missing, "attention_per_param_scale")
+    with pytest.raises(UserError, match=r"decoder\.block\.1\.cross_attn\.v\.weight.*missing"):
+        init_from_stats(model, missing, "per_param_scale")
     reshaped = dict(sd, **{"encoder.block.0.mlp.wi.weight": torch.zeros(3, 3)})
-    with pytest.raises(ValueError, match=r"encoder\.block\.0\.mlp\.wi\.weight.*shape"):
+    with pytest.raises(UserError, match=r"encoder\.block\.0\.mlp\.wi\.weight.*shape"):
         init_from_stats(model, reshaped, "whole_model_scale")
     # A failed check leaves the model untouched.
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), fresh(RELU).parameters()))
@@ -195,7 +183,8 @@ def test_preattn_ln_init_sets_exactly_the_pre_attention_norms():
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, ref_params[n])}
     e, d = RELU.num_layers, RELU.num_decoder_layers
     assert changed == ({f"encoder.block.{i}.attn_norm.weight" for i in range(e)}
-                       | {f"decoder.block.{i}.{k}_attn_norm.weight" for i in range(d) for k in ("self", "cross")})
+                       | {f"decoder.block.{i}.{k}_attn_norm.weight"
+                          for i in range(d) for k in ("self", "cross")})
     assert all(torch.all(dict(model.named_parameters())[n] == 0.4) for n in changed)
 
 
@@ -209,9 +198,13 @@ def test_init_spec_checkpoint_formats_and_cli(tmp_path, capsys):
     assert all(torch.equal(direct[k], via_spec[k]) for k in direct)
     table3 = apply_init_spec(fresh(RELU), "preattn_ln:0.2")
     assert torch.all(table3.decoder.block[0].cross_attn_norm.weight == 0.2)
-    for bad in ("preattn_ln:abc", "stats:whole_model_scale", "random"):
-        with pytest.raises(ValueError, match="expected"):
+    for bad in ("preattn_ln:abc", "preattn_ln:-1", "preattn_ln:0", "stats:whole_model_scale",
+                "random"):
+        with pytest.raises(UserError, match="expected") as e:
             apply_init_spec(fresh(RELU), bad)
+        assert bad in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(UserError, match="unknown init scheme 'bogus'"):
+        apply_init_spec(fresh(RELU), f"stats:bogus:{path}")
 
     # A Hugging Face directory works as the source too.
     src = fresh(RELU)
@@ -221,12 +214,26 @@ def test_init_spec_checkpoint_formats_and_cli(tmp_path, capsys):
     assert torch.equal(hf_sd["decoder.block.2.mlp.wo.weight"], sd["decoder.block.2.mlp.wo.weight"])
 
     out = tmp_path / "init.pt"
-    main([f"--ckpt={path}", "--scheme=whole_model_scale", "--seed=1", f"--out={out}"])
+    main([f"--init=stats:whole_model_scale:{path}", "--seed=1", f"--out={out}"])
     printed = capsys.readouterr().out
     assert "3 groups" in printed and "relpos" in printed
     saved = torch.load(out, map_location="cpu", weights_only=True)
-    assert saved["model_config"] == asdict(RELU) and saved["step"] == 0 and "config" in saved  # pretrain.py's keys
+    assert saved["model_config"] == asdict(RELU) and saved["step"] == 0  # pretrain.py's keys
+    assert saved["config"] == dict(init=f"stats:whole_model_scale:{path}", seed=1)
     seeded = init_from_stats(fresh(RELU, seed=1), sd, "whole_model_scale", seed=1).state_dict()
-    assert all(torch.equal(saved["model"][k], seeded[k]) for k in seeded)  # --seed also seeds the fresh init
-    with pytest.raises(ValueError, match="per_layer_scale"):
-        main([f"--ckpt={path}", "--scheme=bogus"])
+    assert all(torch.equal(saved["model"][k], seeded[k]) for k in seeded)  # --seed: fresh init too
+    with pytest.raises(UserError, match="preattn_ln_per_param_scale"):
+        main([f"--init=stats:bogus:{path}"])
+    with pytest.raises(UserError, match="unknown setting --ckpt; valid settings: init, model"):
+        main([f"--ckpt={path}"])
+
+
+def test_cli_preattn_ln_and_help(tmp_path, capsys):
+    out = tmp_path / "ln.pt"
+    main(["--init=preattn_ln:0.4", "--model=tiny", "--seed=2", f"--out={out}"])
+    saved = torch.load(out, map_location="cpu", weights_only=True)
+    expected = preattn_ln_init(fresh(get_config("tiny"), seed=2), 0.4).state_dict()
+    assert all(torch.equal(saved["model"][k], expected[k]) for k in expected)
+    with pytest.raises(SystemExit) as e:
+        main(["-h"])
+    assert e.value.code == 0 and "--init=" in capsys.readouterr().out
