@@ -7,9 +7,9 @@ pre-attention layer norms = c. Writes table<n>.md, results.json, benefit.svg and
 exits 1 if a cell failed. A cell is done iff its result.json exists (the child writes it last): a
 re-run skips done cells and restarts half-written ones.
 Run: python reproduce.py --scale=cpu [--tables=1,3] [--jobs=1] [--dry_run=1] [--report_only=1]
-     python reproduce.py --scale=paper --t5_dir=ckpts/t5-small --t5_v11_dir=ckpts/t5-v1_1-small
+     python reproduce.py --scale=paper --t5_dir=data/t5-small --t5_v11_dir=data/t5-v1_1-small
 Reading order: model.py, tokenizer.py, tasks.py, config.py, train.py, pretrain.py, metrics.py,
-finetune.py, stats_init.py, reproduce.py (here), bench.py. Next: bench.py.
+finetune.py, stats_init.py, reproduce.py (here), bench.py, data.py. Next: bench.py.
 """
 import json, os, shutil, statistics, subprocess, sys, time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
