@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -26,7 +25,7 @@ import config
 from config import UserError
 from metrics import compute_metrics
 from model import PRESETS as MODEL_PRESETS, T5, get_config
-from stats_init import apply_init_spec, init_from_stats, load_source
+from stats_init import apply_init_spec, init_from_stats, load_source, parse_spec
 from tasks import collate
 from tokenizer import get_tokenizer, load_tokenizer
 from train import TrainConfig, check_train_config, evaluate, micro_batch, train
@@ -100,12 +99,9 @@ class FinetuneConfig(TrainConfig):
 
 def parse_init(init: str) -> tuple:
     """--init as (kind, stats scheme, path of the weights or statistics), checked."""
-    kind, _, rest = init.partition(":")
-    scheme, _, path = rest.partition(":") if kind == "stats" else ("", "", init.removeprefix("hf:"))
-    if kind == "preattn_ln" and not (re.fullmatch(r"\d*\.?\d+(e-?\d+)?", rest) and float(rest) > 0):
-        raise UserError(f"--init={init}: expected preattn_ln:<c>, a number c > 0 (e.g. 0.4)")
-    if kind == "stats" and not (scheme and path):
-        raise UserError(f"--init={init}: expected stats:<scheme>:<checkpoint>")
+    kind, scheme, path = init.partition(":")[0], "", init.removeprefix("hf:")
+    if kind in ("stats", "preattn_ln"):
+        kind, scheme, path = parse_spec(init)  # the scheme's name and c > 0 are checked there
     if init == "scratch" or kind == "preattn_ln":
         return kind, "", ""
     if not os.path.exists(path):

@@ -117,8 +117,9 @@ def parse_spec(spec: str) -> tuple:
         return kind, resolve_scheme(scheme), path
     if kind == "preattn_ln" and re.fullmatch(r"\d*\.?\d+(e-?\d+)?", rest) and float(rest) > 0:
         return kind, float(rest), ""
-    raise config.UserError(f"init spec {spec!r}: expected stats:<scheme>:<checkpoint> or "
-                           "preattn_ln:<c> with a number c > 0 (e.g. 0.4)")
+    want = dict(stats="stats:<scheme>:<checkpoint>",
+                preattn_ln="preattn_ln:<c>, a number c > 0 (e.g. 0.4)")
+    raise config.UserError(f"--init={spec}: expected " + want.get(kind, " or ".join(want.values())))
 
 def apply_init_spec(model: T5, spec: str, seed: int = 0) -> T5:
     """finetune.py's --init=stats:<scheme>:<checkpoint> or --init=preattn_ln:<c>, in place."""

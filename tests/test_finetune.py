@@ -139,6 +139,7 @@ def test_help_prints_the_values_that_run_for_the_task(capsys):
     ("--init=preattn_ln:abc", "expected preattn_ln:<c>, a number c > 0"),
     ("--init=preattn_ln:0", "expected preattn_ln:<c>"),
     ("--init=stats:per_param_scale", "expected stats:<scheme>:<checkpoint>"),
+    ("--init=stats:bogus:x.pt", "unknown init scheme 'bogus'"),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, arg, message):
     with pytest.raises(ValueError, match=message):          # UserError, or train.py's check
