@@ -468,6 +468,8 @@ def save_safetensors(tensors: dict, path, metadata=None):
     header = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
     raws, offset = [], 0
     for name, t in tensors.items():
+        if t.dtype not in _DTYPE_NAMES:
+            raise ValueError(f"tensor {name!r}: dtype {t.dtype} is not supported by safetensors")
         raws.append(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         header[name] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape),
                         "data_offsets": [offset, offset + len(raws[-1])]}

@@ -517,3 +517,9 @@ def test_datasheet_peak_by_card_name(monkeypatch):
     assert datasheet_peak("cuda:0", torch.float32) == 989e12 / 2  # float32 runs as TF32
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GTX 1080")
     assert datasheet_peak("cuda") is None  # unknown card: callers measure a peak instead
+
+def test_safetensors_writer_refuses_an_unsupported_dtype(tmp_path):
+    path = tmp_path / "x.safetensors"
+    with pytest.raises(ValueError, match="'x': dtype torch.complex64 is not supported"):
+        save_safetensors({"x": torch.zeros(2, dtype=torch.complex64)}, path)
+    assert not path.exists()
