@@ -1,12 +1,13 @@
 """finetune.py: fine-tune a T5 on one of the paper's six downstream tasks, scored as the paper does.
 
 The model starts from scratch, a pretrain.py checkpoint, a Hugging Face T5 or a stats_init.py
-scheme, and trains with train.py's loop. Each evaluation takes the validation token accuracy
-(teacher forced) and beam-decodes the test split; the score is the test metric at the best
-validation token accuracy (the paper's rule). Data: <data_dir>/<task>/{train,validation,test}.jsonl
-({"source", "target"}; SQuAD adds "answers") or the original release's {train,valid,test}.txt
-(input<TAB>target). EOS is appended, no task prefix (as the paper). out_dir gets result.json.
-    python finetune.py --task=mtop --init=out/ckpt_best.pt  # or scratch, stats:<scheme>:<ckpt>, ...
+scheme, and trains with train.py's loop, evaluated by validation token accuracy (teacher forced).
+At the end the checkpoint of the best evaluation beam-decodes the test split: the score is the
+test metric at the best validation token accuracy (the paper's rule). Data:
+<data_dir>/<task>/{train,validation,test}.jsonl ({"source", "target"}; SQuAD adds "answers") or
+the original release's {train,valid,test}.txt (input<TAB>target). EOS is appended, no task prefix
+(as the paper). out_dir (default out/<task>) gets result.json; --init=resume continues exactly.
+    python finetune.py --task=mtop --init=out/set/ckpt_best.pt  # or scratch, stats:<s>:<ckpt>, ...
     python finetune.py --preset=paper --task=squad --init=hf:t5-small --tokenizer=t5/tokenizer.json
     python finetune.py -h --task=retrosynthesis             # every setting as it would run
 Reading order: ..., metrics.py, finetune.py (here), stats_init.py, ... Next: stats_init.py.
@@ -24,11 +25,12 @@ from tqdm import tqdm
 import config
 from config import UserError
 from metrics import compute_metrics
-from model import PRESETS as MODEL_PRESETS, T5, get_config
+from model import PRESETS as MODEL_PRESETS, T5, T5Config, get_config
 from stats_init import apply_init_spec, init_from_stats, load_source, parse_spec
 from tasks import collate
 from tokenizer import get_tokenizer, load_tokenizer
-from train import TrainConfig, check_train_config, evaluate, micro_batch, train
+from train import TrainConfig, autocast, check_same_run, check_train_config, evaluate
+from train import load_checkpoint, micro_batch, resume_settings, train
 
 # Per task: the metric metrics.py computes, the number the paper's tables report, the CPU
 # scale-down (lengths cover ~all examples under the 8192-id BPE) and the released scripts' values,
@@ -73,18 +75,17 @@ def recipe(preset: str, task: str) -> dict:
 
 @dataclass
 class FinetuneConfig(TrainConfig):
-    out_dir: str = "out-finetune"  # result.json, log.jsonl, ckpt_last.pt, ckpt_best.pt
     lr_schedule: str = "constant"  # the paper's
     z_loss: float = 1e-4           # T5X's fine-tuning default
     eval_batches: int = 16         # validation batches of batch_size for token accuracy
     eval_at_start: bool = False    # also at step 0 (costly: an untrained model decodes to the max)
     log_interval: int = 50         # steps between log lines
-    ckpt_interval: int = 1000      # steps between ckpt_last.pt writes
+    ckpt_interval: int = 200       # steps between ckpt_last.pt writes (a kill loses fewer)
     threads: int = 0               # CPU threads (torch.set_num_threads), 0 = torch's default
     preset: str = "cpu"            # "cpu" (minutes on a laptop) or "paper", then --task's values
     task: str = "mtop"             # one of TASKS
     data_dir: str = config.DATA_DIR  # holds <task>/{train,validation,test}.jsonl, natural_text/
-    init: str = "scratch"          # scratch, <.pt>, hf:<dir>, stats:<scheme>:<ckpt>, preattn_ln:<c>
+    init: str = "scratch"  # scratch, <.pt>, hf:<dir>, stats:<scheme>:<ckpt>, preattn_ln:<c>, resume
     tokenizer: str = ""            # a tokenizer file; "" = cache_dir/bpe<size>.json, made if absent
     tokenizer_size: int = 8192     # BPE size (ids incl. 100 sentinels) when training one
     cache_dir: str = "cache"       # the trained BPE and the tokenized splits
@@ -108,20 +109,33 @@ def parse_init(init: str) -> tuple:
         raise FileNotFoundError(f"--init={init}: {path} does not exist")
     return kind, scheme, path
 
-def get_finetune_config(argv) -> FinetuneConfig:
-    """Defaults, then --preset's values for --task, then the command line; all checked up front."""
-    cfg = config.parse(FinetuneConfig, argv, lambda c: recipe(c.preset, c.task), __doc__)
+def get_finetune_config(argv) -> tuple:
+    """Defaults, then --preset's values for --task (on --init=resume: the settings saved in
+    out_dir/ckpt_last.pt), then the command line; all checked up front. Returns the settings and
+    the checkpoint to resume, or None. A resumed run keeps its --init (the weights it began at)."""
+    ckpt = {}
+    def presets(c):
+        out_dir = c.out_dir or f"out/{c.task}"
+        if c.init != "resume":
+            return dict(recipe(c.preset, c.task), out_dir=out_dir)
+        ckpt["resume"], saved = resume_settings(out_dir, FinetuneConfig)
+        return saved | dict(out_dir=out_dir)
+    cfg = config.parse(FinetuneConfig, argv, presets, __doc__)
     for name, lo in dict(num_beams=1, max_decode=1, n_test=0, max_train=0, bucket=0,
                          tokenizer_size=359).items():  # a BPE's specials, bytes and sentinels
         config.check_range(name, getattr(cfg, name), lo)
     config.check_range("dropout", cfg.dropout, 0.0, 0.99)
     config.check_choice("model", cfg.model, MODEL_PRESETS)
-    parse_init(cfg.init)
+    if ckpt:
+        check_same_run(cfg, ckpt["resume"], ("task", "tokenizer", "tokenizer_size", "lowercase"))
+        cfg = replace(cfg, init=ckpt["resume"]["config"]["init"])
+    else:
+        parse_init(cfg.init)
     if cfg.tokenizer and not os.path.exists(cfg.tokenizer):  # a named file is read, never made
         raise FileNotFoundError(f"--tokenizer={cfg.tokenizer} does not exist; make one with "
                                 f"`python tokenizer.py --path={cfg.tokenizer}` or leave it out")
-    check_train_config(cfg)
-    return cfg
+    check_train_config(cfg, resume=bool(ckpt))
+    return cfg, ckpt.get("resume")
 
 def split_path(data_dir, task, split) -> str:
     paths = [os.path.join(data_dir, task, name) for name in SPLIT_FILES[split]]
@@ -253,14 +267,8 @@ def decode_all(model, sources, tok, cfg: FinetuneConfig) -> list:
             preds[j] = tok.decode(row)                     # decode() skips pad and EOS
     return preds
 
-def select_best(history: list) -> dict:
-    """The paper's rule: the highest validation token accuracy, the earliest on a tie."""
-    if not history:
-        raise ValueError("no evaluation was run, so there is no score to report")
-    return max(history, key=lambda h: h["val_token_acc"])  # max() keeps the first of equal keys
-
 def main(argv):
-    cfg = get_finetune_config(argv)
+    cfg, resume = get_finetune_config(argv)
     spec, t0, mbs = TASKS[cfg.task], time.time(), micro_batch(cfg)
     tok_path = cfg.tokenizer or os.path.join(cfg.cache_dir, f"bpe{cfg.tokenizer_size}.json")
     tok = load_tokenizer(tok_path) if cfg.tokenizer else \
@@ -276,31 +284,33 @@ def main(argv):
     cut = sum(len(s) > cfg.src_len or len(t) > cfg.tgt_len for s, t in train_pairs)
     print(f"{cfg.task}: {len(train_pairs)} train ({cut} cut to {cfg.src_len}/{cfg.tgt_len}), "
           f"{len(val_pairs)} validation, {len(test_pairs)} test; {tok_path}: {tok.size} ids")
-    model, history = build_model(cfg, tok), []             # history: one entry per evaluation
-    print(f"init {cfg.init}: {model.num_params() / 1e6:.2f}M parameters")
-
-    def eval_fn(m, step):
-        acc = evaluate(m, val_batches, max_new_tokens=0, greedy=False)["token_acc"]  # no decoding
-        preds = decode_all(m, [s for s, _ in test_pairs], tok, cfg)
-        scores = compute_metrics(spec["metric"], preds, refs)
-        for p, r in list(zip(preds, refs))[:2]:            # show what the model writes
-            tqdm.write(f"  target: {str(r)[:120]}\n  output: {p[:120]}")
-        history.append(dict(step=step, val_token_acc=acc, **scores))
-        return dict(token_acc=acc, **scores)
+    model = T5(T5Config(**{**resume["model_config"], "dropout_rate": cfg.dropout})) if resume \
+        else build_model(cfg, tok)                         # a resume loads its weights in train()
+    print(f"init {cfg.init}{' (resumed)' * bool(resume)}: {model.num_params() / 1e6:.2f}M params")
     out = train(cfg, model, EpochData(train_pairs, cfg.seed, cfg.src_len, cfg.tgt_len, cfg.bucket),
-                eval_fn, log_extra=dict(task=cfg.task, init=cfg.init))
+                lambda m, step: evaluate(m, val_batches, max_new_tokens=0, greedy=False),
+                resume=resume, log_extra=dict(task=cfg.task, init=cfg.init))
     if out["rank"] != 0:                                   # under torchrun only rank 0 evaluated
         return None
-    best = select_best(history)
-    scores = {k: v for k, v in best.items() if k not in ("step", "val_token_acc")}
+    # The paper's rule: the test score at the step of best validation token accuracy (the earliest
+    # on a tie), so the test split is decoded once, by ckpt_best.pt, not at every evaluation.
+    model.load_state_dict(load_checkpoint(os.path.join(cfg.out_dir, "ckpt_best.pt"))["model"])
+    with autocast(next(model.parameters()).device.type, cfg.dtype):
+        preds = decode_all(model.eval(), [s for s, _ in test_pairs], tok, cfg)
+    scores = compute_metrics(spec["metric"], preds, refs)
+    for p, r in list(zip(preds, refs))[:2]:                # show what the model writes
+        print(f"  target: {str(r)[:120]}\n  output: {p[:120]}")
+    with open(os.path.join(cfg.out_dir, "log.jsonl")) as f:   # every evaluation, resumed ones too
+        history = [dict(step=r["step"], val_token_acc=r["val_token_acc"], val_loss=r["val_loss"])
+                   for r in map(json.loads, f) if "val_token_acc" in r]
     result = dict(task=cfg.task, init=cfg.init, seed=cfg.seed, metric=spec["score"],
-                  score=scores[spec["score"]], best_step=best["step"],
-                  best_val_token_acc=best["val_token_acc"], scores=scores, history=history,
+                  score=scores[spec["score"]], best_step=out["best_step"],
+                  best_val_token_acc=out["best_token_acc"], scores=scores, history=history,
                   n_test=len(test_pairs), wall_s=time.time() - t0, config=asdict(cfg))
     config.write_json(os.path.join(cfg.out_dir, "result.json"), result)  # last: "finished"
     print(f"\n{cfg.task} ({cfg.init}): test {spec['score']} {result['score']:.2f} at step "
-          f"{best['step']} (best validation token accuracy {100 * best['val_token_acc']:.1f}%), "
-          f"{result['wall_s'] / 60:.1f} min")
+          f"{out['best_step']} (best validation token accuracy "
+          f"{100 * out['best_token_acc']:.1f}%), {result['wall_s'] / 60:.1f} min")
     return result
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ exact match and token accuracy next to what copying the input or a constant outp
 
     python pretrain.py --task=lime              # any task of tasks.py, or a mixture 'set+lime'
     torchrun --standalone --nproc_per_node=8 pretrain.py --preset=paper --micro_batch_size=16
-    python pretrain.py --init=resume --out_dir=out   # go on exactly: saved settings, then these
+    python pretrain.py --init=resume --task=lime  # go on exactly in out/lime: saved settings, argv
     python pretrain.py -h                       # every setting, as it would run
 
 Reading order: ..., config.py, train.py, pretrain.py (here), metrics.py, ... Next: metrics.py.
@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import partial
 
 import torch
@@ -28,8 +28,8 @@ from config import UserError, check_choice, check_range
 from model import PRESETS as MODEL_PRESETS, T5, T5Config, get_config
 from tasks import TASKS, TaskStream, collate, get_task
 from tokenizer import Vocab, load_tokenizer
-from train import TrainConfig, check_train_config, evaluate, ids_to_str, load_checkpoint, train
-from train import micro_batch
+from train import TrainConfig, check_same_run, check_train_config, evaluate, ids_to_str
+from train import load_checkpoint, micro_batch, resume_settings, train
 
 @dataclass
 class PretrainConfig(TrainConfig):
@@ -63,22 +63,19 @@ def parse_config(argv) -> tuple:
     """The settings that will run, and on --init=resume the checkpoint to continue (else None)."""
     ckpt = {}
     def presets(c):        # the recipe (a mixture takes every part's lengths), or the checkpoint's
+        out_dir = c.out_dir or f"out/{c.task}"
         if c.init != "resume":
             check_choice("preset", c.preset, PRESETS)
             parts = [CPU_TASKS.get(t.strip(), {}) for t in c.task.split("+")] \
                 if c.preset == "cpu" else []
-            return {k: v for d in [PRESETS[c.preset], *parts] for k, v in d.items()}
-        ckpt.update(load_checkpoint(os.path.join(c.out_dir, "ckpt_last.pt")), out_dir=c.out_dir)
-        if "config" not in ckpt:
-            raise UserError(f"{c.out_dir}/ckpt_last.pt holds no settings: train() did not write it")
-        known = {f.name for f in fields(PretrainConfig)}
-        return {k: v for k, v in ckpt["config"].items() if k in known} | dict(init="resume")
+            return {k: v for d in [PRESETS[c.preset], *parts, dict(out_dir=out_dir)]
+                    for k, v in d.items()}
+        ckpt["resume"], saved = resume_settings(out_dir, PretrainConfig)
+        return saved | dict(init="resume", out_dir=out_dir)
     cfg = config.parse(PretrainConfig, argv, presets, __doc__)
-    for k in ("task", "model", "vocab_size", "tokenizer") if ckpt else ():
-        if getattr(cfg, k) != ckpt["config"].get(k):
-            raise UserError(f"--{k}={getattr(cfg, k)!r}, but {ckpt['out_dir']}/ckpt_last.pt was "
-                            f"trained with {k}={ckpt['config'].get(k)!r}: a resume is the same run")
-    return cfg, ckpt or None
+    if ckpt:
+        check_same_run(cfg, ckpt["resume"], ("task", "model", "vocab_size", "tokenizer"))
+    return cfg, ckpt.get("resume")
 
 # ----------------------------------------------------------------------------- pre-training data
 class TaskData:
@@ -186,7 +183,7 @@ def main(argv):
     for name in ("n_task_tokens", "workers"):
         check_range(name, getattr(cfg, name), lo=0)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    check_train_config(cfg, world)
+    check_train_config(cfg, world, resume is not None)
     tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
     vocab = tokenizer or Vocab(cfg.vocab_size)
     build = partial(get_task, cfg.task, vocab, tokenizer=tokenizer, data_dir=cfg.data_dir,

@@ -6,7 +6,7 @@ groups, pool each group's tensors in the pre-trained checkpoint into one mean an
 transfers: the embedding (and an untied lm_head) keep the default init. Table 3's init needs no
 checkpoint: every pre-attention layer norm scale is set to one constant c.
 
-    python stats_init.py --init=stats:whole_model_scale:out/ckpt_best.pt --out=init.pt
+    python stats_init.py --init=stats:whole_model_scale:out/set/ckpt_best.pt --out=init.pt
     python stats_init.py --init=preattn_ln:0.4 --model=t5-small --out=init.pt
 
 It prints the groups' statistics; finetune.py takes the same --init. The checkpoint (pretrain.py's

@@ -15,7 +15,7 @@ import re
 import time
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -33,7 +33,8 @@ CHOICES = dict(optimizer=("adafactor", "adamw"), lr_schedule=("rsqrt", "constant
 @dataclass
 class TrainConfig:
     """The settings the loop reads; pretrain.py and finetune.py subclass it with their own."""
-    out_dir: str = "out"           # ckpt_last.pt, ckpt_best.pt and log.jsonl go here
+    out_dir: str = ""              # ckpt_last.pt, ckpt_best.pt, log.jsonl ("" = out/<task>)
+    overwrite: bool = False        # a scratch run may replace the run in out_dir (else: refused)
     seed: int = 0                  # model init, dropout and the data order
     src_len: int = 64              # inputs longer than this are cut
     tgt_len: int = 64              # targets too
@@ -61,8 +62,15 @@ def micro_batch(cfg: TrainConfig, world: int = 1) -> int:
     """Examples per forward and process: micro_batch_size, or for 0 the whole share of the batch."""
     return cfg.micro_batch_size or cfg.batch_size // world
 
-def check_train_config(cfg: TrainConfig, world: int = 1) -> None:
-    """The loop's settings, checked before any work: a UserError names the setting and why."""
+RUN_FILES = ("ckpt_last.pt", "ckpt_best.pt", "log.jsonl", "result.json")   # what a run leaves
+
+def check_train_config(cfg: TrainConfig, world: int = 1, resume: bool = False) -> None:
+    """The loop's settings, checked before any work: a UserError names the setting and why. A
+    scratch run into a folder that holds a run is refused: it would replace that run's files."""
+    found = [f for f in RUN_FILES if os.path.exists(os.path.join(cfg.out_dir, f))]
+    if found and not resume and not cfg.overwrite:
+        raise UserError(f"--out_dir={cfg.out_dir} holds a run ({', '.join(found)}): continue it "
+                        "with --init=resume, replace it with --overwrite=True, or pick another")
     for name, valid in CHOICES.items():
         check_choice(name, getattr(cfg, name), valid)
     for name in ("max_steps", "batch_size", "warmup_steps", "eval_interval", "eval_batches",
@@ -157,6 +165,21 @@ def load_checkpoint(path: str) -> dict:
         raise UserError(f"checkpoint {path} lacks {sorted(missing)}: not one of this project's")
     return ckpt
 
+def resume_settings(out_dir: str, cls) -> tuple:
+    """--init=resume: out_dir/ckpt_last.pt and the settings saved in it that `cls` has."""
+    ckpt = load_checkpoint(path := os.path.join(out_dir, "ckpt_last.pt"))
+    if "config" not in ckpt:
+        raise UserError(f"{path} holds no settings: train() did not write it")
+    known = {f.name for f in fields(cls)}
+    return ckpt, {k: v for k, v in ckpt["config"].items() if k in known}
+
+def check_same_run(cfg, ckpt: dict, keys) -> None:
+    """A resume continues the same run: none of `keys` may differ from the checkpoint's."""
+    for k in keys:
+        if getattr(cfg, k) != ckpt["config"].get(k):
+            raise UserError(f"--{k}={getattr(cfg, k)!r}, but {cfg.out_dir}/ckpt_last.pt was "
+                            f"trained with {k}={ckpt['config'].get(k)!r}: a resume is the same run")
+
 # ----------------------------------------------------------------------------- runtime: device, DDP
 def setup_runtime(cfg: TrainConfig) -> SimpleNamespace:
     """Process group (when launched by torchrun), device, threads, autocast context, GradScaler."""
@@ -184,12 +207,15 @@ def setup_runtime(cfg: TrainConfig) -> SimpleNamespace:
             torch.set_num_threads(cfg.threads)   # CPU threads wait: 145 vs 750 ms/step (1 vs 2)
     else:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype)
     # T5 overflows in fp16 without loss scaling; for the other dtypes the scaler is a no-op
     return SimpleNamespace(world=world, rank=rank, master=rank == 0, device=device,
-                           device_type=kind,
-                           ctx=torch.autocast(kind, amp) if amp else nullcontext(),
+                           device_type=kind, ctx=autocast(kind, cfg.dtype),
                            scaler=torch.amp.GradScaler("cuda", enabled=cfg.dtype == "float16"))
+
+def autocast(device_type: str, dtype: str):
+    """The mixed-precision context of --dtype: autocast to bf16/fp16, none for float32."""
+    amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    return torch.autocast(device_type, amp) if amp else nullcontext()
 
 def shape_batch(batch: dict, full=None) -> dict:
     """Drop all-padding columns (right padding is masked and T5's positions are relative: only
@@ -209,7 +235,10 @@ def train(cfg: TrainConfig, model, train_data, eval_fn, *, resume=None, log_extr
     resume: a checkpoint to continue exactly; log_extra: fields for every log.jsonl line.
     Returns dict(step, losses, metrics (the last), best_token_acc, best_step, rank)."""
     rt = setup_runtime(cfg)
-    check_train_config(cfg, rt.world)
+    check_train_config(cfg, rt.world, resume is not None)
+    for f in RUN_FILES if rt.master and resume is None else ():   # --overwrite: none outlives it
+        if os.path.exists(os.path.join(cfg.out_dir, f)):
+            os.remove(os.path.join(cfg.out_dir, f))
     run = _start(cfg, rt, model, train_data, resume)
     log_file = open(os.path.join(cfg.out_dir, "log.jsonl"), "a" if resume else "w") \
         if rt.master else None

@@ -10,12 +10,19 @@ import torch
 import finetune
 import model as model_lib
 from config import UserError
-from finetune import EpochData, get_finetune_config, load_data, load_split, select_best
-from tokenizer import train_bpe
-from train import micro_batch
+from finetune import EpochData, load_data, load_split
+from metrics import compute_metrics
+from tokenizer import load_tokenizer, train_bpe
+from train import load_checkpoint, micro_batch
 
 TINY = model_lib.T5Config(vocab_size=512, d_model=32, d_kv=8, d_ff=64, num_layers=1,
                           num_decoder_layers=1, num_heads=2)
+
+
+def get_finetune_config(argv):                             # the settings; the resume is None
+    cfg, resume = finetune.get_finetune_config(argv)
+    assert resume is None
+    return cfg
 
 
 def write(path, lines):
@@ -70,15 +77,6 @@ def test_bad_lines_name_file_and_line(tmp_path, name, lines, message):
 def test_missing_split_lists_both_layouts(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"test\.jsonl and .*test\.txt"):
         load_split(str(tmp_path), "mtop", "test")
-
-
-def test_best_step_is_max_val_token_acc_earliest_on_tie():
-    history = [dict(step=0, val_token_acc=0.1, em=0.0), dict(step=10, val_token_acc=0.5, em=20.0),
-               dict(step=20, val_token_acc=0.5, em=40.0), dict(step=30, val_token_acc=0.4, em=60.0)]
-    best = select_best(history)
-    assert best["step"] == 10 and best["em"] == 20.0       # not the max-over-steps metric (60)
-    with pytest.raises(ValueError, match="no evaluation"):
-        select_best([])
 
 
 def test_presets_and_overrides():
@@ -247,30 +245,72 @@ def test_every_init_kind_and_the_vocabulary_check(tmp_path, monkeypatch):
         build(path)
 
 
-def test_tiny_finetuning_run_learns(tmp_path, monkeypatch):
-    """A 'reverse three words' task: exact match on the test split must rise from 0 in training."""
+REVERSE_WORDS = "red blue green cat dog sun moon tree".split()
+
+
+def reverse_task(tmp_path, monkeypatch):
+    """A 'reverse three words' task, its BPE and a small T5 as "tiny": the settings to run it."""
     rng = random.Random(0)
-    words = "red blue green cat dog sun moon tree".split()
     rows = lambda n: [(" ".join(w), " ".join(reversed(w)))  # noqa: E731
-                      for w in (rng.sample(words, 3) for _ in range(n))]
+                      for w in (rng.sample(REVERSE_WORDS, 3) for _ in range(n))]
     data = tmp_path / "data"
     write_task(data, dict(train=rows(400), validation=rows(64), test=rows(48)))
     monkeypatch.setitem(model_lib.PRESETS, "tiny", model_lib.T5Config(
         vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
         num_heads=4))
-    tok = train_bpe([" ".join(words)] * 20, size=400, progress=False)
+    tok = train_bpe([" ".join(REVERSE_WORDS)] * 20, size=400, progress=False)
     tok.save(str(tmp_path / "tok.json"))
+    return [f"--data_dir={data}", "--task=mtop", f"--tokenizer={tmp_path / 'tok.json'}",
+            f"--cache_dir={tmp_path / 'cache'}", "--batch_size=32", "--lr=0.01", "--src_len=16",
+            "--tgt_len=16", "--max_decode=8", "--num_beams=2", "--dtype=float32", "--device=cpu",
+            "--threads=1", "--eval_batches=2", "--n_test=0"]
+
+
+def test_tiny_finetuning_run_learns_and_decodes_once_at_the_best_step(tmp_path, monkeypatch):
+    """Exact match on the test split must rise from 0; the test split is decoded once, by the
+    checkpoint of the best validation token accuracy (its score is that checkpoint's)."""
+    args = reverse_task(tmp_path, monkeypatch)
+    decodes, real = [], finetune.decode_all
+    monkeypatch.setattr(finetune, "decode_all", lambda *a: decodes.append(1) or real(*a))
     torch.manual_seed(0)
-    result = finetune.main([
-        f"--data_dir={data}", "--task=mtop", f"--tokenizer={tmp_path / 'tok.json'}",
-        f"--cache_dir={tmp_path / 'cache'}", f"--out_dir={tmp_path / 'out'}", "--max_steps=150",
-        "--eval_interval=75", "--batch_size=32", "--lr=0.01", "--src_len=16", "--tgt_len=16",
-        "--max_decode=8", "--num_beams=2", "--dropout=0.0", "--dtype=float32", "--device=cpu",
-        "--threads=1", "--eval_batches=2", "--n_test=0", "--eval_at_start=True"])
-    curve = [h["em"] for h in result["history"]]
-    assert curve[0] == 0.0 and curve[-1] > 50.0, curve
+    result = finetune.main(args + [f"--out_dir={tmp_path / 'out'}", "--max_steps=150",
+                                   "--eval_interval=75", "--dropout=0.0", "--eval_at_start=True"])
+    assert len(decodes) == 1 and result["score"] > 50.0, result
+    curve = [h["val_token_acc"] for h in result["history"]]
+    assert [h["step"] for h in result["history"]] == [0, 75, 150] and curve[0] < curve[-1]
+    best = load_checkpoint(str(tmp_path / "out" / "ckpt_best.pt"))
+    assert best["step"] == result["best_step"] == 75 * curve.index(max(curve))
+    cfg = get_finetune_config(args + ["--dropout=0.0"])
+    net = model_lib.T5(model_lib.T5Config(**best["model_config"]))
+    net.load_state_dict(best["model"])
+    tok, rows = load_tokenizer(str(tmp_path / "tok.json")), load_split(cfg.data_dir, "mtop", "test")
+    preds = real(net.eval(), [tok.encode(r["source"]) + [tok.eos_id] for r in rows], tok, cfg)
+    assert compute_metrics("em,f1", preds, [r["target"] for r in rows])["em"] == result["score"]
     on_disk = json.load(open(tmp_path / "out" / "result.json"))
-    assert on_disk["score"] == result["score"]
-    assert on_disk["best_step"] == select_best(result["history"])["step"]
+    assert on_disk["score"] == result["score"] and on_disk["n_test"] == 48
     assert on_disk["config"]["micro_batch_size"] == 0 and on_disk["config"]["bucket"] == 50
-    assert os.path.exists(tmp_path / "out" / "ckpt_best.pt")
+
+
+def test_resume_is_exact_and_keeps_the_init(tmp_path, monkeypatch):
+    args = reverse_task(tmp_path, monkeypatch) + ["--dropout=0.1", "--eval_interval=3",
+                                                  "--ckpt_interval=3", "--log_interval=1"]
+    full = finetune.main(args + [f"--out_dir={tmp_path / 'a'}", "--max_steps=6"])
+    finetune.main(args + [f"--out_dir={tmp_path / 'b'}", "--max_steps=3"])
+    (tmp_path / "b" / "result.json").unlink()              # as if killed after its checkpoint
+    resumed = finetune.main([f"--out_dir={tmp_path / 'b'}", "--init=resume", "--max_steps=6"])
+    losses = lambda d: [r["loss"] for r in map(json.loads, open(d / "log.jsonl")) if "loss" in r]
+    assert len(losses(tmp_path / "a")) == 6 and losses(tmp_path / "a") == losses(tmp_path / "b")
+    a, b = (load_checkpoint(str(tmp_path / d / "ckpt_last.pt"))["model"] for d in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (resumed["score"], resumed["history"], resumed["init"]) == \
+        (full["score"], full["history"], "scratch")
+    with pytest.raises(UserError, match=r"--task='webqsp', but .* trained with task='mtop'"):
+        finetune.main([f"--out_dir={tmp_path / 'b'}", "--init=resume", "--task=webqsp"])
+    with pytest.raises(UserError, match=r"holds a run .*--init=resume.*--overwrite=True"):
+        finetune.main(args + [f"--out_dir={tmp_path / 'b'}"])
+
+
+def test_default_output_folder_is_per_task_and_checkpoints_fit_the_run():
+    for task in finetune.TASKS:
+        cfg = get_finetune_config([f"--task={task}"])
+        assert cfg.out_dir == f"out/{task}" and cfg.ckpt_interval <= cfg.max_steps

@@ -246,10 +246,33 @@ def test_missing_or_corrupt_checkpoint_fails_clearly(tmp_path):
     with pytest.raises(UserError, match=r"ckpt_last\.pt is not a torch checkpoint \(unreadable"):
         run(tmp_path, "--init=resume")
     with pytest.raises(UserError, match=r"nope\.pt does not exist"):
-        run(tmp_path, f"--init={tmp_path / 'nope.pt'}")
+        run(tmp_path / "new", f"--init={tmp_path / 'nope.pt'}")
     torch.save(dict(model={}, model_config={}), tmp_path / "ckpt_last.pt")   # e.g. stats_init's
     with pytest.raises(UserError, match=r"ckpt_last\.pt holds no settings"):
         run(tmp_path, "--init=resume")
+
+
+def test_a_scratch_run_never_replaces_another(tmp_path):
+    run(tmp_path, "--max_steps=2")
+    before = params(tmp_path / "ckpt_last.pt")
+    for init in ("scratch", str(tmp_path / "ckpt_best.pt")):   # a fresh start either way
+        with pytest.raises(UserError, match=rf"--out_dir={tmp_path} holds a run \(ckpt_last\.pt, "
+                           r"ckpt_best\.pt, log\.jsonl, result\.json\): continue it with "
+                           r"--init=resume, replace it with --overwrite=True"):
+            run(tmp_path, "--max_steps=1", f"--init={init}")
+    after = params(tmp_path / "ckpt_last.pt")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    (tmp_path / "old.txt").write_text("not a run's file")
+    run(tmp_path, "--max_steps=1", "--overwrite=True", "--eval_interval=5", "--ckpt_interval=5")
+    assert load_checkpoint(str(tmp_path / "ckpt_last.pt"))["step"] == 1
+    assert (tmp_path / "old.txt").exists()   # only the run's own files are replaced
+    assert max(json.loads(x)["step"] for x in open(tmp_path / "log.jsonl")) == 1   # no old lines
+
+
+def test_default_output_folders_are_per_task():
+    assert parse_config([])[0].out_dir == "out/set"
+    assert parse_config(["--task=lime"])[0].out_dir == "out/lime"
+    assert parse_config(["--task=lime", "--out_dir=x"])[0].out_dir == "x"
 
 
 def test_n_task_tokens_restricts_the_random_tokens(tmp_path, monkeypatch):
