@@ -4,16 +4,17 @@ A grid of cells, each a child process at --preset=<scale>: pretrain.py once per 
 (runs/pt-<source>), finetune.py per method, task and seed (runs/ft-<method>-<task>-s<seed>).
 Table 1: pre-training sources (+ --extra_tasks: Experiment 2); Table 2: stats_init schemes; Table 3:
 pre-attention layer norms = c. Writes table<n>.md, results.json, benefit.svg and run.log to --out;
-exits 1 if a cell failed. A cell is done iff its result.json exists (the child writes it last): a
-re-run skips done cells and restarts half-written ones.
+exits 1 if a cell failed. A cell is done iff its result.json exists (the child writes it last)
+and its dependencies are the runs it was made from (plan()); a re-run skips done cells, resumes
+killed ones from their checkpoint, and re-runs the rest. Children die with this process.
 Run: python reproduce.py --scale=cpu [--tables=1,3] [--jobs=1] [--dry_run=1] [--report_only=1]
      python reproduce.py --scale=paper --t5_dir=data/t5-small --t5_v11_dir=data/t5-v1_1-small
 Reading order: model.py, tokenizer.py, tasks.py, config.py, train.py, pretrain.py, metrics.py,
 finetune.py, stats_init.py, reproduce.py (here), bench.py, data.py. Next: bench.py.
 """
-import json, os, shutil, statistics, subprocess, sys, time
+import hashlib, json, os, shutil, statistics, subprocess, sys, time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -70,7 +71,7 @@ class ReproduceConfig:
     t5_dir: str = ""               # paper scale: HF folder of the off-the-shelf T5-small
     t5_v11_dir: str = ""           # paper scale: HF folder of T5 v1.1-small (cnndm_10k)
     dry_run: bool = False          # print the cells and their commands, run nothing
-    report_only: bool = False      # only rebuild the tables and benefit.svg from finished cells
+    report_only: bool = False      # only rebuild the tables and benefit.svg from results.json
     jobs: int = 0                  # cells at once, each child with cores/jobs threads (0 = scale's)
     fail_fast: bool = False        # start no cell after the first failure
 
@@ -182,14 +183,67 @@ def read_result(cell, done=True):
         return None
     return json.loads(path.read_text()) if path.exists() else None
 
+# A cell's child asks the kernel for SIGTERM when its parent dies (even by kill -9), and gives up
+# if that parent is already gone; then it runs the script as `python script.py ...` would.
+LAUNCH = ("import ctypes, os, runpy, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
+          "os.getppid() == int(sys.argv[1]) or sys.exit('parent gone'); sys.argv = sys.argv[2:]; "
+          "sys.path[0] = os.path.dirname(sys.argv[0]); runpy.run_path(sys.argv[0], "
+          "run_name='__main__')")
+
 def subprocess_runner(cell, log_path, threads=0):
-    """Run one cell's command, all its output into log_path; returns the exit code. threads > 0
-    caps the child's threads (OMP_NUM_THREADS, read by torch at start) so parallel cells share."""
+    """Run one cell's command, all its output appended to log_path; returns the exit code. The
+    child dies with us. threads > 0 caps its threads (OMP_NUM_THREADS) so parallel cells share."""
     # the same interpreter (venv) as ours; the scripts found next to this file, whatever the cwd
-    cmd = [sys.executable, str(Path(__file__).resolve().parent / cell.cmd[1]), *cell.cmd[2:]]
+    script = str(Path(__file__).resolve().parent / cell.cmd[1])
+    cmd = [sys.executable, "-c", LAUNCH, str(os.getpid()), script, *cell.cmd[2:]]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads > 0 else None
-    with open(log_path, "w") as log:
+    with open(log_path, "a") as log:
         return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+
+def fingerprint(cell):
+    """Which run a finished cell is: the hash of its result.json (None if unfinished)."""
+    path = Path(cell.out_dir) / "result.json"
+    return hashlib.sha1(path.read_bytes()).hexdigest() if path.exists() else None
+
+def _made_from(cell) -> dict:  # {dependency: its fingerprint} as the cell started (deps.json)
+    path = Path(cell.out_dir) / "deps.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+def plan(cells, say=print) -> set:
+    """The ids of the cells to run. A finished cell is reused only if each dependency is still
+    the run it was made from; otherwise it runs again, with its dependants. A pre-training cell
+    whose checkpoint is gone (results/ is committed without .pt files) runs again only if a
+    dependant must run, and then every dependant runs again too: no table mixes two runs."""
+    by_id, run = {c.id: c for c in cells}, {c.id for c in cells if fingerprint(c) is None}
+    while True:
+        again = {}
+        for c in (c for c in cells if c.id not in run):
+            stale = [d for d in c.deps if d in run or _made_from(c).get(d) != fingerprint(by_id[d])]
+            if stale:
+                again[c.id] = f"{', '.join(stale)} is not the run it was made from"
+            elif c.kind == "pretrain" and not (Path(c.out_dir) / "ckpt_best.pt").exists() and \
+                    any(c.id in o.deps and o.id in run for o in cells):
+                again[c.id] = "a dependant must run and the checkpoint is gone"
+        if not again:
+            return run
+        for cid, why in again.items():
+            say(f"re-running {cid}: {why}")
+        run |= set(again)
+
+def _prepare(cell, cells, say):
+    """The cell's folder for a start: a killed attempt of the same command with the same
+    dependencies resumes from its ckpt_last.pt; anything else starts afresh. The cell to run."""
+    folder, deps = Path(cell.out_dir), {d: fingerprint(c) for c in cells for d in cell.deps
+                                        if c.id == d}
+    cmd = folder / "cmd.txt"
+    if (folder / "ckpt_last.pt").exists() and cmd.exists() and cmd.read_text() == " ".join(
+            cell.cmd) and _made_from(cell) == deps and fingerprint(cell) is None:
+        say(f"resuming {cell.id} from its last checkpoint")
+        return replace(cell, cmd=cell.cmd[:2] + ["--init=resume", f"--out_dir={cell.out_dir}"])
+    shutil.rmtree(folder, ignore_errors=True)
+    config.atomic_write(str(cmd), " ".join(cell.cmd))
+    config.write_json(str(folder / "deps.json"), deps)
+    return cell
 
 def _fmt(s):  # seconds -> h:mm:ss
     return f"{int(s) // 3600}:{int(s) // 60 % 60:02d}:{int(s) % 60:02d}"
@@ -229,7 +283,8 @@ def run_cells(cells, runner=subprocess_runner, fail_fast=False, log_file=None, j
         if log_file:
             with open(log_file, "a") as f:
                 f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
-    done, durations, errors, walls = {c.id: read_result(c) for c in cells}, {}, {}, {}
+    to_run, durations, errors, walls = plan(cells, say), {}, {}, {}
+    done = {c.id: None if c.id in to_run else read_result(c, done=False) for c in cells}
     for c in [c for c in cells if isinstance((done[c.id] or {}).get("wall_s"), (int, float))]:
         durations.setdefault(c.meta["eta_kind"], []).append(done[c.id]["wall_s"])  # seeds the ETA
     pending = [c for c in cells if done[c.id] is None]  # resuming = skipping every finished cell
@@ -247,9 +302,8 @@ def run_cells(cells, runner=subprocess_runner, fail_fast=False, log_file=None, j
                 eta = _eta(pending + [c for c, _ in running.values()], durations, jobs)
                 say(f"[{len(cells) - len(pending) - len(running) - 1}/{len(cells)} done] running "
                     f"{cell.id} | elapsed {_fmt(time.time() - t0)} | left ~{eta}")
-                shutil.rmtree(cell.out_dir, ignore_errors=True)  # a killed attempt: start afresh
-                config.atomic_write(os.path.join(cell.out_dir, "cmd.txt"), " ".join(cell.cmd))
-                fut = pool.submit(runner, cell, Path(cell.out_dir) / "stdout.log")
+                fut = pool.submit(runner, _prepare(cell, cells, say),
+                                  Path(cell.out_dir) / "stdout.log")
                 running[fut] = (cell, time.time())
             if not running:  # everything left is skipped, or --fail_fast stopped the run
                 break
@@ -425,8 +479,12 @@ def main(argv):
         print(f"{len(cells)} cells: {n_pt} pre-training, {len(cells) - n_pt} fine-tuning -> "
               f"{cfg.out}")
         return 0
-    if cfg.report_only:  # e.g. from a second terminal while the grid runs; results.json: the run's
-        summary = summarize([_record(c) for c in cells], s["metric"])
+    if cfg.report_only:  # the tables again from results.json alone: no cell folder is read
+        if not os.path.exists(path := os.path.join(cfg.out, "results.json")):
+            raise config.UserError(f"--report_only: {path} does not exist (run the grid first)")
+        with open(path) as f:
+            saved = json.load(f)
+        summary = summarize(saved["records"], saved["settings"]["metric"])
     else:
         check_inputs(cfg)  # before any cell, not once per failing cell
         if s["tokenizer"]:  # made once here, not by two cells racing to train it

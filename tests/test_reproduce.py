@@ -76,8 +76,9 @@ def test_killed_cell_is_rerun_from_scratch(tmp_path):
     assert not (killed / "half_written.tmp").exists() and (killed / "result.json").exists()
 
 
-def test_fresh_checkout_without_checkpoints_reruns_only_pretraining(tmp_path):
-    """results/ is committed without .pt files: fine-tuning stays done, pre-training re-runs."""
+def test_fresh_checkout_without_checkpoints_reuses_a_whole_grid_and_never_mixes_runs(tmp_path):
+    """results/ is committed without .pt files. A finished grid stays as it is; once a cell needs
+    a checkpoint that is gone, its pre-training runs again and so does every cell made from it."""
     cells = grid(tmp_path, "--tasks=mtop", "--tables=1", "--extra_tasks=")
     R.run_cells(cells, FakeRunner())
     for c in cells:
@@ -85,7 +86,76 @@ def test_fresh_checkout_without_checkpoints_reruns_only_pretraining(tmp_path):
             (Path(c.out_dir) / "ckpt_best.pt").unlink()
     runner = FakeRunner()
     R.run_cells(cells, runner)
-    assert sorted(runner.calls) == sorted(c.id for c in cells if c.kind == "pretrain")
+    assert runner.calls == []                              # nothing needs a checkpoint
+    (Path(cells[-1].out_dir) / "result.json").unlink()     # e.g. ft-identity-mtop-s1
+    source = f"pt-{cells[-1].meta['source']}"
+    made_from = sorted(c.id for c in cells if source in c.deps)
+    assert len(made_from) == 2                             # two seeds
+    runner = FakeRunner()
+    R.run_cells(cells, runner, log_file=tmp_path / "run.log")
+    assert sorted(runner.calls) == sorted([source, *made_from])
+    log = (tmp_path / "run.log").read_text()
+    assert f"re-running {source}: a dependant must run" in log
+    assert f"re-running {made_from[0]}: {source} is not the run it was made from" in log
+
+
+def test_a_rerun_dependency_reruns_its_dependants_only(tmp_path):
+    cells = grid(tmp_path, "--tasks=mtop", "--tables=1", "--extra_tasks=")
+    R.run_cells(cells, FakeRunner())
+    pt = next(c for c in cells if c.id == "pt-set")
+    (Path(pt.out_dir) / "result.json").write_text('{"task": "set", "wall_s": 9}')  # another run
+    runner = FakeRunner()
+    R.run_cells(cells, runner)
+    assert sorted(runner.calls) == ["ft-set-mtop-s0", "ft-set-mtop-s1"]
+
+
+def test_killed_cell_resumes_from_its_checkpoint(tmp_path):
+    cells = grid(tmp_path, "--tasks=mtop", "--tables=1", "--extra_tasks=")
+    R.run_cells(cells, FakeRunner())
+    cell = next(c for c in cells if c.id == "ft-set-mtop-s0")
+    folder = Path(cell.out_dir)
+    (folder / "result.json").unlink()                      # killed after a checkpoint
+    (folder / "ckpt_last.pt").write_bytes(b"step 200")
+    seen = []
+    runner = lambda c, log, threads=0: seen.append(c.cmd) or FakeRunner()(c, log)  # noqa: E731
+    R.run_cells(cells, runner)
+    assert seen == [["python", "finetune.py", "--init=resume", f"--out_dir={cell.out_dir}"]]
+    assert (folder / "ckpt_last.pt").read_bytes() == b"step 200"   # not wiped
+    (folder / "result.json").unlink()
+    (folder / "cmd.txt").write_text("python finetune.py --lr=0.5")  # another command: afresh
+    seen.clear()
+    R.run_cells(cells, runner)
+    assert seen == [cell.cmd] and not (folder / "ckpt_last.pt").exists()
+
+
+def test_children_die_with_the_grid_even_by_kill_9(tmp_path):
+    """The runner's child must not outlive a reproduce.py killed outright."""
+    child = tmp_path / "child.py"
+    child.write_text("import os, time, sys\nopen(sys.argv[1], 'w').write(str(os.getpid()))\n"
+                     "time.sleep(60)\n")
+    parent = tmp_path / "parent.py"
+    parent.write_text(
+        f"import sys; sys.path.insert(0, {str(Path(R.__file__).parent)!r}); import reproduce as R\n"
+        f"cell = R.Cell('c', 'finetune', ['python', {str(child)!r}, {str(tmp_path / 'pid')!r}], "
+        f"{str(tmp_path)!r})\nR.subprocess_runner(cell, {str(tmp_path / 'log')!r})\n")
+    import subprocess
+    proc = subprocess.Popen([sys.executable, str(parent)])
+    for _ in range(200):
+        if (tmp_path / "pid").exists() and (tmp_path / "pid").read_text():
+            break
+        time.sleep(0.05)
+    pid = int((tmp_path / "pid").read_text())
+    proc.kill()
+    proc.wait()
+    for _ in range(100):                                   # the kernel's SIGTERM, then it is gone
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the child outlived its parent")
 
 
 def test_failure_is_recorded_dependents_skipped_others_run(tmp_path):
@@ -356,12 +426,17 @@ def test_main_end_to_end_with_fake_runner(tmp_path, monkeypatch):
     assert json.loads((out / "results.json").read_text())["records"][0]["wall_s"] == 2.0
     for n in tables:
         (out / n).unlink()
-    for ckpt in out.glob("runs/pt-*/ckpt_best.pt"):  # a fresh checkout: the numbers, no .pt files
-        ckpt.unlink()
+    import shutil
+    shutil.rmtree(out / "runs")                    # report_only reads results.json, nothing else
+    files = sorted(p.name for p in out.iterdir()) + [n for n in names]
     before, made_before = (out / "results.json").read_bytes(), len(made)
     assert R.main(argv + ["--report_only=1"]) == 0 and len(made) == made_before
     assert again.calls == [] and (out / "results.json").read_bytes() == before  # not rewritten
-    assert {n: (out / n).read_text() for n in names} == tables  # same results, same tables
+    assert {n: (out / n).read_text() for n in names} == tables  # byte for byte the same tables
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)   # and nothing else written
+    (out / "results.json").unlink()
+    with pytest.raises(R.config.UserError, match=r"results\.json does not exist"):
+        R.main(argv + ["--report_only=1"])
 
 
 def test_table_numbers_never_show_minus_zero():
