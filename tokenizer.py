@@ -262,7 +262,7 @@ def get_tokenizer(data_dir: str, size: int, path: str, max_chars_per_file=10_000
 class TokenizerConfig:
     data_dir: str = config.DATA_DIR       # holds natural_text/ and the downstream task folders
     size: int = 8192                      # vocabulary size, the 100 sentinels included
-    path: str = "out/bpe8192.json"        # loaded if it exists, else trained and saved there
+    path: str = "cache/bpe8192.json"      # loaded if it exists, else trained and saved there
     max_chars_per_file: int = 10_000_000  # characters read from each corpus file (0: all)
     natural_only: bool = False            # train on natural_text alone (see default_corpus)
 
