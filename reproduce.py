@@ -12,7 +12,7 @@ Run: python reproduce.py --scale=cpu [--tables=1,3] [--jobs=1] [--dry_run=1] [--
 Reading order: model.py, tokenizer.py, tasks.py, config.py, train.py, pretrain.py, metrics.py,
 finetune.py, stats_init.py, reproduce.py (here), bench.py, data.py. Next: bench.py.
 """
-import hashlib, json, os, shutil, statistics, subprocess, sys, time
+import hashlib, json, os, shutil, signal, statistics, subprocess, sys, time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -199,6 +199,12 @@ def subprocess_runner(cell, log_path, threads=0):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads > 0 else None
     with open(log_path, "a") as log:
         return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+
+def exit_on_signals():
+    """Ctrl-C or SIGTERM ends the grid at once: its exit takes the children with it (LAUNCH),
+    where the thread pool would wait for them to finish. Files are written atomically."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda n, frame: os._exit(128 + n))
 
 def fingerprint(cell):
     """Which run a finished cell is: the hash of its result.json (None if unfinished)."""
@@ -491,6 +497,7 @@ def main(argv):
             get_tokenizer(cfg.data_dir, s["tokenizer"]["size"], s["tokenizer"]["path"],
                           natural_only=True)
         os.makedirs(cfg.out, exist_ok=True)
+        exit_on_signals()
         threads = max(1, (os.cpu_count() or 1) // cfg.jobs) if cfg.jobs > 1 else 0  # 0: its own
         records = run_cells(cells, lambda c, log: subprocess_runner(c, log, threads),
                             cfg.fail_fast, os.path.join(cfg.out, "run.log"), cfg.jobs)

@@ -128,8 +128,11 @@ def test_killed_cell_resumes_from_its_checkpoint(tmp_path):
     assert seen == [cell.cmd] and not (folder / "ckpt_last.pt").exists()
 
 
-def test_children_die_with_the_grid_even_by_kill_9(tmp_path):
-    """The runner's child must not outlive a reproduce.py killed outright."""
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+def test_children_die_with_the_grid(tmp_path, sig):
+    """A cell's child must not outlive a reproduce.py killed outright, or stopped by Ctrl-C."""
+    import signal
+    import subprocess
     child = tmp_path / "child.py"
     child.write_text("import os, time, sys\nopen(sys.argv[1], 'w').write(str(os.getpid()))\n"
                      "time.sleep(60)\n")
@@ -137,16 +140,15 @@ def test_children_die_with_the_grid_even_by_kill_9(tmp_path):
     parent.write_text(
         f"import sys; sys.path.insert(0, {str(Path(R.__file__).parent)!r}); import reproduce as R\n"
         f"cell = R.Cell('c', 'finetune', ['python', {str(child)!r}, {str(tmp_path / 'pid')!r}], "
-        f"{str(tmp_path)!r})\nR.subprocess_runner(cell, {str(tmp_path / 'log')!r})\n")
-    import subprocess
-    proc = subprocess.Popen([sys.executable, str(parent)])
+        f"{str(tmp_path / 'c')!r})\nR.exit_on_signals()\nR.run_cells([cell])\n")
+    proc = subprocess.Popen([sys.executable, str(parent)], stdout=subprocess.DEVNULL)
     for _ in range(200):
         if (tmp_path / "pid").exists() and (tmp_path / "pid").read_text():
             break
         time.sleep(0.05)
     pid = int((tmp_path / "pid").read_text())
-    proc.kill()
-    proc.wait()
+    proc.send_signal(getattr(signal, sig))
+    proc.wait(timeout=30)
     for _ in range(100):                                   # the kernel's SIGTERM, then it is gone
         try:
             os.kill(pid, 0)
