@@ -10,3 +10,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def in_a_scratch_folder(tmp_path, monkeypatch):
+    """Every test runs in its own empty working folder: the default out/<task>, cache/ and data/
+    are then fresh, whatever runs the user has made in the checkout."""
+    monkeypatch.chdir(tmp_path)

@@ -99,8 +99,8 @@ def test_bad_settings_are_user_errors_before_any_work(capsys):
 
 
 def test_the_command_line_prints_a_user_error_in_one_line():
-    proc = subprocess.run([sys.executable, "pretrain.py", "--lr=-1"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "pretrain.py"), "--lr=-1"],
+                          capture_output=True, text=True, timeout=120)   # in the scratch folder
     assert proc.returncode == 2 and proc.stderr == "error: --lr=-1.0 must be in (0, 1]\n"
 
 
