@@ -29,8 +29,8 @@ from model import PRESETS as MODEL_PRESETS, T5, T5Config, get_config
 from stats_init import apply_init_spec, init_from_stats, load_source, parse_spec
 from tasks import collate
 from tokenizer import get_tokenizer, load_tokenizer
-from train import TrainConfig, autocast, check_same_run, check_train_config, evaluate
-from train import load_checkpoint, micro_batch, resume_settings, train
+from train import TrainConfig, autocast, check_train_config, evaluate, load_checkpoint
+from train import micro_batch, parse_run, train
 
 # Per task: the metric metrics.py computes, the number the paper's tables report, the CPU
 # scale-down (lengths cover ~all examples under the 8192-id BPE) and the released scripts' values,
@@ -113,29 +113,22 @@ def get_finetune_config(argv) -> tuple:
     """Defaults, then --preset's values for --task (on --init=resume: the settings saved in
     out_dir/ckpt_last.pt), then the command line; all checked up front. Returns the settings and
     the checkpoint to resume, or None. A resumed run keeps its --init (the weights it began at)."""
-    ckpt = {}
-    def presets(c):
-        out_dir = c.out_dir or f"out/{c.task}"
-        if c.init != "resume":
-            return dict(recipe(c.preset, c.task), out_dir=out_dir)
-        ckpt["resume"], saved = resume_settings(out_dir, FinetuneConfig)
-        return saved | dict(out_dir=out_dir)
-    cfg = config.parse(FinetuneConfig, argv, presets, __doc__)
+    cfg, resume = parse_run(FinetuneConfig, argv, lambda c: recipe(c.preset, c.task), __doc__,
+                            same_run=("task", "tokenizer", "tokenizer_size", "lowercase"))
     for name, lo in dict(num_beams=1, max_decode=1, n_test=0, max_train=0, bucket=0,
                          tokenizer_size=359).items():  # a BPE's specials, bytes and sentinels
         config.check_range(name, getattr(cfg, name), lo)
     config.check_range("dropout", cfg.dropout, 0.0, 0.99)
     config.check_choice("model", cfg.model, MODEL_PRESETS)
-    if ckpt:
-        check_same_run(cfg, ckpt["resume"], ("task", "tokenizer", "tokenizer_size", "lowercase"))
-        cfg = replace(cfg, init=ckpt["resume"]["config"]["init"])
+    if resume:
+        cfg = replace(cfg, init=resume["config"]["init"])
     else:
         parse_init(cfg.init)
     if cfg.tokenizer and not os.path.exists(cfg.tokenizer):  # a named file is read, never made
         raise FileNotFoundError(f"--tokenizer={cfg.tokenizer} does not exist; make one with "
                                 f"`python tokenizer.py --path={cfg.tokenizer}` or leave it out")
-    check_train_config(cfg, resume=bool(ckpt))
-    return cfg, ckpt.get("resume")
+    check_train_config(cfg, resume=resume is not None)
+    return cfg, resume
 
 def split_path(data_dir, task, split) -> str:
     paths = [os.path.join(data_dir, task, name) for name in SPLIT_FILES[split]]

@@ -28,8 +28,8 @@ from config import UserError, check_choice, check_range
 from model import PRESETS as MODEL_PRESETS, T5, T5Config, get_config
 from tasks import TASKS, TaskStream, collate, get_task
 from tokenizer import Vocab, load_tokenizer
-from train import TrainConfig, check_same_run, check_train_config, evaluate, ids_to_str
-from train import load_checkpoint, micro_batch, resume_settings, train
+from train import TrainConfig, check_train_config, evaluate, ids_to_str, load_checkpoint
+from train import micro_batch, parse_run, train
 
 @dataclass
 class PretrainConfig(TrainConfig):
@@ -61,21 +61,13 @@ CPU_TASKS = {t: dict(max_len=128, src_len=128, tgt_len=128) for t in
 
 def parse_config(argv) -> tuple:
     """The settings that will run, and on --init=resume the checkpoint to continue (else None)."""
-    ckpt = {}
-    def presets(c):        # the recipe (a mixture takes every part's lengths), or the checkpoint's
-        out_dir = c.out_dir or f"out/{c.task}"
-        if c.init != "resume":
-            check_choice("preset", c.preset, PRESETS)
-            parts = [CPU_TASKS.get(t.strip(), {}) for t in c.task.split("+")] \
-                if c.preset == "cpu" else []
-            return {k: v for d in [PRESETS[c.preset], *parts, dict(out_dir=out_dir)]
-                    for k, v in d.items()}
-        ckpt["resume"], saved = resume_settings(out_dir, PretrainConfig)
-        return saved | dict(init="resume", out_dir=out_dir)
-    cfg = config.parse(PretrainConfig, argv, presets, __doc__)
-    if ckpt:
-        check_same_run(cfg, ckpt["resume"], ("task", "model", "vocab_size", "tokenizer"))
-    return cfg, ckpt.get("resume")
+    def recipe(c):         # the preset's values; a mixture takes every part's lengths
+        check_choice("preset", c.preset, PRESETS)
+        parts = [CPU_TASKS.get(t.strip(), {}) for t in c.task.split("+")] \
+            if c.preset == "cpu" else []
+        return {k: v for d in [PRESETS[c.preset], *parts] for k, v in d.items()}
+    return parse_run(PretrainConfig, argv, recipe, __doc__,
+                     same_run=("task", "model", "vocab_size", "tokenizer"))
 
 # ----------------------------------------------------------------------------- pre-training data
 class TaskData:

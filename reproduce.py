@@ -175,12 +175,9 @@ def build_cells(cfg):
         finetune(f"ln{c:g}", [3], lambda t, c=c: f"preattn_ln:{c:g}", label=f"Pre-attn LN = {c:g}")
     return cells
 
-def read_result(cell, done=True):
-    """The cell's result.json, else None. done: a pre-training cell needs its checkpoint too
-    (results/ is committed without .pt files: a fresh checkout re-runs the seeded pre-training)."""
+def read_result(cell):
+    """The cell's result.json, else None (whether it may be reused is plan()'s question)."""
     path = Path(cell.out_dir) / "result.json"
-    if done and cell.kind == "pretrain" and not (Path(cell.out_dir) / "ckpt_best.pt").exists():
-        return None
     return json.loads(path.read_text()) if path.exists() else None
 
 # A cell's child asks the kernel for SIGTERM when its parent dies (even by kill -9), and gives up
@@ -220,11 +217,12 @@ def plan(cells, say=print) -> set:
     the run it was made from; otherwise it runs again, with its dependants. A pre-training cell
     whose checkpoint is gone (results/ is committed without .pt files) runs again only if a
     dependant must run, and then every dependant runs again too: no table mixes two runs."""
-    by_id, run = {c.id: c for c in cells}, {c.id for c in cells if fingerprint(c) is None}
+    prints, made = {c.id: fingerprint(c) for c in cells}, {c.id: _made_from(c) for c in cells}
+    run = {cid for cid, p in prints.items() if p is None}
     while True:
         again = {}
         for c in (c for c in cells if c.id not in run):
-            stale = [d for d in c.deps if d in run or _made_from(c).get(d) != fingerprint(by_id[d])]
+            stale = [d for d in c.deps if d in run or made[c.id].get(d) != prints[d]]
             if stale:
                 again[c.id] = f"{', '.join(stale)} is not the run it was made from"
             elif c.kind == "pretrain" and not (Path(c.out_dir) / "ckpt_best.pt").exists() and \
@@ -239,8 +237,8 @@ def plan(cells, say=print) -> set:
 def _prepare(cell, cells, say):
     """The cell's folder for a start: a killed attempt of the same command with the same
     dependencies resumes from its ckpt_last.pt; anything else starts afresh. The cell to run."""
-    folder, deps = Path(cell.out_dir), {d: fingerprint(c) for c in cells for d in cell.deps
-                                        if c.id == d}
+    by_id = {c.id: c for c in cells}
+    folder, deps = Path(cell.out_dir), {d: fingerprint(by_id[d]) for d in cell.deps}
     cmd = folder / "cmd.txt"
     if (folder / "ckpt_last.pt").exists() and cmd.exists() and cmd.read_text() == " ".join(
             cell.cmd) and _made_from(cell) == deps and fingerprint(cell) is None:
@@ -272,7 +270,7 @@ def _failure(cell, fut):  # None when the cell wrote its result.json (whatever t
     return None if read_result(cell) else f"exit code {rc}, no result.json; log tail:\n{tail}"
 
 def _record(c, error=None, wall_s=None):  # a cell in results.json; one finished earlier: its wall_s
-    res = read_result(c, done=False)
+    res = read_result(c)
     return dict(id=c.id, kind=c.kind, meta=c.meta, cmd=c.cmd, result=res, error=error,
                 wall_s=(res or {}).get("wall_s") if wall_s is None else wall_s)
 
@@ -290,7 +288,7 @@ def run_cells(cells, runner=subprocess_runner, fail_fast=False, log_file=None, j
             with open(log_file, "a") as f:
                 f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
     to_run, durations, errors, walls = plan(cells, say), {}, {}, {}
-    done = {c.id: None if c.id in to_run else read_result(c, done=False) for c in cells}
+    done = {c.id: None if c.id in to_run else read_result(c) for c in cells}
     for c in [c for c in cells if isinstance((done[c.id] or {}).get("wall_s"), (int, float))]:
         durations.setdefault(c.meta["eta_kind"], []).append(done[c.id]["wall_s"])  # seeds the ETA
     pending = [c for c in cells if done[c.id] is None]  # resuming = skipping every finished cell

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import config
 from config import UserError, atomic_write, check_choice, check_range
 
 CHOICES = dict(optimizer=("adafactor", "adamw"), lr_schedule=("rsqrt", "constant"),
@@ -165,20 +166,27 @@ def load_checkpoint(path: str) -> dict:
         raise UserError(f"checkpoint {path} lacks {sorted(missing)}: not one of this project's")
     return ckpt
 
-def resume_settings(out_dir: str, cls) -> tuple:
-    """--init=resume: out_dir/ckpt_last.pt and the settings saved in it that `cls` has."""
-    ckpt = load_checkpoint(path := os.path.join(out_dir, "ckpt_last.pt"))
-    if "config" not in ckpt:
-        raise UserError(f"{path} holds no settings: train() did not write it")
-    known = {f.name for f in fields(cls)}
-    return ckpt, {k: v for k, v in ckpt["config"].items() if k in known}
-
-def check_same_run(cfg, ckpt: dict, keys) -> None:
-    """A resume continues the same run: none of `keys` may differ from the checkpoint's."""
-    for k in keys:
+def parse_run(cls, argv, recipe, doc: str, same_run) -> tuple:
+    """config.parse for pretrain.py and finetune.py: recipe(settings) gives the preset's values,
+    out_dir defaults to out/<task>, and --init=resume takes the settings saved in
+    out_dir/ckpt_last.pt instead of the recipe (then the command line); a resume that changes a
+    `same_run` key is refused. Returns the settings and the checkpoint to resume (or None)."""
+    ckpt = {}
+    def presets(c):
+        out_dir = c.out_dir or f"out/{c.task}"
+        if c.init != "resume":
+            return dict(recipe(c), out_dir=out_dir)
+        ckpt.update(load_checkpoint(path := os.path.join(out_dir, "ckpt_last.pt")))
+        if "config" not in ckpt:
+            raise UserError(f"{path} holds no settings: train() did not write it")
+        known = {f.name for f in fields(cls)}
+        return {k: v for k, v in ckpt["config"].items() if k in known} | dict(out_dir=out_dir)
+    cfg = config.parse(cls, argv, presets, doc)
+    for k in same_run if ckpt else ():                     # a resume continues the same run
         if getattr(cfg, k) != ckpt["config"].get(k):
             raise UserError(f"--{k}={getattr(cfg, k)!r}, but {cfg.out_dir}/ckpt_last.pt was "
                             f"trained with {k}={ckpt['config'].get(k)!r}: a resume is the same run")
+    return cfg, ckpt or None
 
 # ----------------------------------------------------------------------------- runtime: device, DDP
 def setup_runtime(cfg: TrainConfig) -> SimpleNamespace:

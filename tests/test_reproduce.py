@@ -6,6 +6,8 @@ import json
 import math
 import os
 import re
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -131,8 +133,6 @@ def test_killed_cell_resumes_from_its_checkpoint(tmp_path):
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
 def test_children_die_with_the_grid(tmp_path, sig):
     """A cell's child must not outlive a reproduce.py killed outright, or stopped by Ctrl-C."""
-    import signal
-    import subprocess
     child = tmp_path / "child.py"
     child.write_text("import os, time, sys\nopen(sys.argv[1], 'w').write(str(os.getpid()))\n"
                      "time.sleep(60)\n")
