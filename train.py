@@ -29,7 +29,7 @@ import config
 from config import UserError, atomic_write, check_choice, check_range
 
 CHOICES = dict(optimizer=("adafactor", "adamw"), lr_schedule=("rsqrt", "constant"),
-               dtype=("bfloat16", "float32", "float16"))
+               dtype=("auto", "bfloat16", "float32", "float16"))
 
 @dataclass
 class TrainConfig:
@@ -55,7 +55,8 @@ class TrainConfig:
     log_interval: int = 100        # steps between log lines
     ckpt_interval: int = 500       # steps between ckpt_last.pt writes
     device: str = "auto"           # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    dtype: str = "bfloat16"        # autocast: bfloat16, float32, or float16 (CUDA, with GradScaler)
+    dtype: str = "auto"            # auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float32,
+                                   # float16 (CUDA, with GradScaler)
     compile: bool = False          # torch.compile the training forward (not eval nor checkpoints)
     threads: int = 1               # CPU threads (torch.set_num_threads), 0 = torch's default
 
@@ -201,7 +202,7 @@ def setup_runtime(cfg: TrainConfig) -> SimpleNamespace:
     if kind == "cuda" and not cuda:
         raise UserError(f"--device={cfg.device} but CUDA is not available; use --device=cpu")
     if cfg.dtype == "float16" and kind != "cuda":
-        raise UserError("--dtype=float16 needs CUDA (it goes with a GradScaler); on CPU: bfloat16")
+        raise UserError("--dtype=float16 needs CUDA (it goes with a GradScaler); on CPU: float32")
     if world > 1:
         if kind == "cuda":
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"   # one GPU per process
@@ -217,12 +218,19 @@ def setup_runtime(cfg: TrainConfig) -> SimpleNamespace:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     # T5 overflows in fp16 without loss scaling; for the other dtypes the scaler is a no-op
     return SimpleNamespace(world=world, rank=rank, master=rank == 0, device=device,
-                           device_type=kind, ctx=autocast(kind, cfg.dtype),
+                           device_type=kind, dtype=amp_dtype(kind, cfg.dtype),
+                           ctx=autocast(kind, cfg.dtype),
                            scaler=torch.amp.GradScaler("cuda", enabled=cfg.dtype == "float16"))
+
+def amp_dtype(device_type: str, dtype: str) -> str:
+    """--dtype with "auto" resolved: bfloat16 on CUDA, float32 on a CPU. CPUs without AVX-512 BF16
+    or AMX emulate bf16 matmuls (~45x slower on an AVX2 EPYC), and float32 gives every CPU the
+    same numbers."""
+    return dtype if dtype != "auto" else "bfloat16" if device_type == "cuda" else "float32"
 
 def autocast(device_type: str, dtype: str):
     """The mixed-precision context of --dtype: autocast to bf16/fp16, none for float32."""
-    amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(amp_dtype(device_type, dtype))
     return torch.autocast(device_type, amp) if amp else nullcontext()
 
 def shape_batch(batch: dict, full=None) -> dict:
@@ -253,7 +261,7 @@ def train(cfg: TrainConfig, model, train_data, eval_fn, *, resume=None, log_extr
     run.log = lambda rec: log_file and print(json.dumps({**rec, **(log_extra or {})}),
                                              file=log_file, flush=True)
     # MFU's denominator: a known GPU's datasheet peak, else a peak measured in the run's dtype
-    dtype, size = getattr(torch, cfg.dtype), 4096 if rt.device_type == "cuda" else 1024
+    dtype, size = getattr(torch, rt.dtype), 4096 if rt.device_type == "cuda" else 1024
     peak = (datasheet_peak(rt.device, dtype) or matmul_peak(dtype, rt.device, size)) \
         if rt.master else 1.0
     pbar = tqdm(total=cfg.max_steps, initial=run.step, disable=not rt.master, desc="train")
@@ -442,14 +450,23 @@ def evaluate(model, batches, *, max_new_tokens: int, decode=ids_to_str, show: in
 
 # ----------------------------------------------------------------------------- MFU
 def matmul_peak(dtype=torch.float32, device="cpu", n=1024, reps=5) -> float:
-    """MFU's realistic ceiling: the best FLOP/s of an n^3 matmul over `reps` timings after a
-    warm-up (a busy moment cannot inflate the MFU; torch.full leaves the RNG stream alone)."""
-    a, times = torch.full((n, n), 0.5, dtype=dtype, device=device), []
-    for _ in range(reps + 1):
+    """MFU's realistic ceiling: the best FLOP/s of a square matmul over `reps` timings after a
+    warm-up (a busy moment cannot inflate the MFU; torch.full leaves the RNG stream alone). The
+    size doubles from 256 to n while one matmul takes under 50 ms: an emulated dtype (bf16 on most
+    CPUs) costs seconds, not minutes."""
+    size = 256
+    while True:
+        a, t0 = torch.full((size, size), 0.5, dtype=dtype, device=device), time.perf_counter()
+        (a @ a).sum().item()
+        if size >= n or time.perf_counter() - t0 > 0.05:
+            break
+        size *= 2
+    times = []
+    for _ in range(reps):
         t0 = time.perf_counter()
         (a @ a).sum().item()                               # .item() waits for a GPU too
         times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / min(times[1:])
+    return 2 * size ** 3 / min(times)
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the datasheets; float32 runs use TF32 at half of these.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}

@@ -44,7 +44,7 @@ def test_the_default_run_is_the_cpu_recipe_unchanged():
     old = dict(vocab_size=256, min_len=10, max_len=24, src_len=64, tgt_len=64, dropout=0.0, lr=0.01,
                lr_schedule="rsqrt", warmup_steps=1000, max_steps=3000, batch_size=32, seed=0,
                optimizer="adafactor", eval_interval=500, eval_batches=4, ckpt_interval=500,
-               dtype="bfloat16", threads=1, workers=0, grad_clip=0.0, z_loss=0.0)
+               dtype="auto", threads=1, workers=0, grad_clip=0.0, z_loss=0.0)
     assert {k: getattr(cfg, k) for k in old} == old and micro_batch(cfg) == 32
     # the old default, --model=cpu --d_model=128 --num_layers=2, built exactly model.py's tiny T5
     cpu = get_config("cpu")

@@ -85,7 +85,7 @@ def test_micro_batch_size_0_is_the_whole_batch_of_each_process():
     (dict(batch_size=1), r"--batch_size=1 is not divisible by micro_batch_size 0 x 2"),
     (dict(optimizer="sgd"), r"--optimizer='sgd' is not one of adafactor, adamw"),
     (dict(lr_schedule="cosine"), r"--lr_schedule='cosine' is not one of rsqrt, constant"),
-    (dict(dtype="fp8"), r"--dtype='fp8' is not one of bfloat16, float32, float16"),
+    (dict(dtype="fp8"), r"--dtype='fp8' is not one of auto, bfloat16, float32, float16"),
 ])
 def test_bad_loop_settings_are_user_errors(change, message):
     with pytest.raises(UserError, match=message):
@@ -111,3 +111,34 @@ def test_load_checkpoint_errors_are_one_line_and_name_the_file(tmp_path):
         with pytest.raises(UserError, match=message) as e:
             load_checkpoint(str(tmp_path / name))
         assert "\n" not in str(e.value) and "weights_only" not in str(e.value)
+
+
+def test_dtype_auto_is_float32_on_a_cpu_and_bfloat16_on_cuda():
+    """A CPU without AVX-512 BF16 emulates bf16 matmuls (13x slower steps on an AVX2 EPYC): the
+    default must not pick it there, and float32 gives every CPU the same numbers."""
+    from train import amp_dtype, autocast
+    assert TrainConfig().dtype == "auto"
+    assert amp_dtype("cpu", "auto") == "float32" and amp_dtype("cuda", "auto") == "bfloat16"
+    assert amp_dtype("cpu", "bfloat16") == "bfloat16"           # an explicit choice is kept
+    with autocast("cpu", "auto"):
+        assert not torch.is_autocast_enabled("cpu")
+    with autocast("cpu", "bfloat16"):
+        assert torch.is_autocast_enabled("cpu")
+
+
+def test_matmul_peak_stops_growing_at_a_slow_matmul(monkeypatch):
+    """The warm-up decides the size: it doubles from 256 while a matmul takes under 50 ms, so the
+    peak of an emulated dtype takes seconds, not minutes."""
+    import train
+    sizes, clock, real_full = [], iter(range(10**6)), torch.full
+    def full(shape, *a, **k):
+        sizes.append(shape[0])
+        return real_full(shape, *a, **k)
+    monkeypatch.setattr(train.torch, "full", full)
+    monkeypatch.setattr(train.time, "perf_counter",
+                        lambda: next(clock) * (0.3 if sizes[-1] > 512 else 0.01))
+    assert train.matmul_peak(torch.float32, "cpu", n=4096, reps=2) == pytest.approx(2 * 1024 ** 3 / 0.3)
+    assert sizes == [256, 512, 1024]
+    sizes.clear()
+    train.matmul_peak(torch.float32, "cpu", n=512, reps=2)
+    assert sizes == [256, 512]
