@@ -1,16 +1,19 @@
-"""reproduce.py: the paper's three experiments end to end, written up as Tables 1-3.
+"""reproduce.py: the paper's three experiments as one resumable grid, with intervals and verdicts.
 
-A grid of cells, each a child process at --preset=<scale>: pretrain.py once per source
-(runs/pt-<source>), finetune.py per method, task and seed (runs/ft-<method>-<task>-s<seed>).
-Table 1: pre-training sources (+ --extra_tasks: Experiment 2); Table 2: stats_init schemes; Table 3:
-pre-attention layer norms = c. Writes table<n>.md, results.json, benefit.svg and run.log to --out;
-exits 1 if a cell failed. A cell is done iff its result.json exists (the child writes it last)
-and its dependencies are the runs it was made from (plan()); a re-run skips done cells, resumes
-killed ones from their checkpoint, and re-runs the rest. Children die with this process.
-Run: python reproduce.py --scale=cpu [--tables=1,3] [--jobs=1] [--dry_run=1] [--report_only=1]
-     python reproduce.py --scale=paper --t5_dir=data/t5-small --t5_v11_dir=data/t5-v1_1-small
-Reading order: model.py, tokenizer.py, tasks.py, config.py, train.py, pretrain.py, metrics.py,
-finetune.py, stats_init.py, reproduce.py (here), bench.py, data.py. Next: bench.py.
+A cell is a child process at the scale's recipe: pretrain.py once per source (runs/pt-<source>) and
+finetune.py per method, task and seed (runs/ft-<method>-<task>-s<seed>). The parts: table1 (random,
+natural, LIME, nonsense summary, nesting language, Set, Identity on DESIGN's tasks), sweep (the 18
+simple tasks as sources, Experiment 2), table2 (parameter statistics of Set, LIME and Identity) and
+table3 (constant pre-attention layer norm). A cell is done iff its result.json exists (the child writes
+it last) and its dependencies are the runs it was made from; a re-run reuses done cells, resumes killed
+ones from their checkpoint and re-runs the rest, saying why. Children die with this process.
+Writes to --out: table1.md, sweep.md, table2.md, table3.md, verdict.md, benefit.svg, sweep.svg,
+results.json (every cell's command, commit and result; the reports regenerate from it) and run.log.
+    python reproduce.py --scale=cpu                  # the whole CPU grid (~6 h on 2 cores)
+    python reproduce.py --scale=cpu --dry_run=True   # its cells and commands
+    python reproduce.py --scale=cpu --report_only=True   # the reports again from results.json
+    python reproduce.py --scale=paper --t5_dir=data/t5-small --t5_v11_dir=data/t5-v1_1-small
+Reading order: ..., finetune.py, stats_init.py, reproduce.py (here), bench.py, data.py. Next: bench.py.
 """
 import hashlib, json, os, shutil, signal, statistics, subprocess, sys, time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -18,105 +21,96 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+import numpy as np
+
 import config
-from tasks import TASKS
 from tokenizer import get_tokenizer
 
 DOWNSTREAM = ["mtop", "webqsp", "squad", "retrosynthesis", "code_translation", "cnndm_10k"]
-# The grid's design; the recipes (model, lengths, optimiser) are the scripts' own --preset=<scale>.
-SCALES = {
+# The experiment's design. Recipes (model, lengths, optimiser, fine-tuning budgets and test sizes
+# per task) are the scripts' own --preset=<scale>; only the pre-training budgets are set here.
+DESIGN = {
     "cpu": dict(
-        # one budget for every source, natural too, so sources differ only in their data; the
-        # tiny T5 learns every source's task in 2000 steps (pre-training token accuracy is tabled)
-        pretrain=dict(max_steps=2000),
-        # early fine-tuning, not convergence: at step 400 each Table 1 row's seed std was <= 0.5
-        # and natural led random by 1.6 points; at 800 the lead was 0.5 (results/log.md)
-        finetune=dict(max_steps=400, eval_interval=200, n_test=200),
-        natural="pretrain",  # span corruption on data_dir/natural_text (no T5 checkpoint on CPU)
-        # T5's SentencePiece saw C4 alone, so: a BPE of natural_text alone (with the mixed corpus,
-        # 60% of MTOP's target tokens never occur in natural_text), made before the first cell
+        pretrain_steps=1000,    # every synthetic source; the natural one gets 10x (see README)
+        natural_steps=10000,
+        natural="pretrain",     # span corruption of natural_text/ with this BPE (T5's saw C4 only)
         tokenizer=dict(path="cache/bpe8192-natural.json", size=8192),
-        tasks=["mtop"],  # cheap to decode; from scratch it scores well between 0 and its ceiling
-        seeds=2,  # fine-tuning repeats (pre-training runs once): every row gets a spread
-        jobs=2,  # a 2nd thread gains this model little: two 1-thread cells do ~2x the work
-        ln_values=[0.1, 0.4, 0.8],  # Table 3's c: 0.4 in the middle, the ends show the trend
-        metric="best_val_token_acc"),  # exact match is too coarse for a tiny model
+        tasks=["mtop", "webqsp", "retrosynthesis"],   # Table 1's; the other parts use the first
+        seeds=3, sweep_seeds=2, jobs=2,   # two one-thread cells at a time on 2 cores
+        ln_values=[0.05, 0.1, 0.2, 0.4, 0.6, 0.8]),
     "paper": dict(
-        pretrain={}, finetune={},  # the presets' own budgets are the released scripts'
-        natural="hf", tokenizer=None,  # the off-the-shelf T5 and its tokenizer.json, as the paper
-        tasks=DOWNSTREAM, seeds=1, jobs=1,  # the paper fine-tuned each checkpoint once; one GPU
-        ln_values=[0.05, 0.1, 0.2, 0.4, 0.6, 0.8],  # the original code's pre-attention LN sweep
-        metric="score")}  # the task's main metric at the best-validation-token-accuracy step
+        pretrain_steps=None, natural_steps=None,    # the preset's 80k steps
+        natural="hf", tokenizer=None,   # the off-the-shelf T5 and its tokenizer.json, as the paper
+        tasks=DOWNSTREAM, seeds=1, sweep_seeds=1, jobs=1,   # the paper fine-tuned once; one GPU
+        ln_values=[0.05, 0.1, 0.2, 0.4, 0.6, 0.8])}
+PARTS = ["table1", "sweep", "table2", "table3"]
 TABLE1_SOURCES = ["lime", "nonsense_summary", "nesting_language", "set", "identity"]
-STATS_SOURCES = ["set", "lime", "identity"]  # the checkpoints Table 2 takes statistics from
+STATS_SOURCES = ["set", "lime", "identity"]
 STATS_SCHEMES = ["per_param_mean_sd", "per_param_scale", "whole_model_scale",
                  "preattn_ln_per_param_scale"]
-LABELS = dict(zip(["random", "natural"] + TABLE1_SOURCES + STATS_SCHEMES, [
-    "Random init", "Natural (span corruption, same steps)", "LIME", "Nonsense summary",
-    "Nesting language", "Set", "Identity", "Per Param Mean/SD", "Per Param Scale",
-    "Whole Model Scale", "Pre-attn LN Per Param Scale"]))
-PUBLISHED = {"random": "0%", "natural": "100%", "lime": "67%", "set": "65%"}  # its six-task means
-PUBLISHED_STATS_BEST = "39%"  # Experiment 3's best init scheme; which one it was is not known
+LABELS = dict(random="Random init", natural="Natural pre-training", lime="LIME",
+              nonsense_summary="Nonsense summary", nesting_language="Nesting language",
+              per_param_mean_sd="Per Param Mean/SD", per_param_scale="Per Param Scale",
+              whole_model_scale="Whole Model Scale",
+              preattn_ln_per_param_scale="Pre-attn LN Per Param Scale")
+PAPER = {"lime": 67.0, "set": 65.0, "stats": 39.0}   # % of benefit, means over six tasks
+BOOTSTRAP = 2000                                    # resamples of the seeds, numpy seed 0
 
 @dataclass
 class ReproduceConfig:
-    scale: str = "cpu"             # a block of SCALES: "cpu" or "paper"
-    tasks: str = ""                # downstream tasks, e.g. "mtop,webqsp" ("" = the scale's)
-    seeds: int = 0                 # fine-tuning seeds per row (0 = the scale's)
-    tables: str = "1,2,3"          # which tables to run, e.g. "1,3"
-    extra_tasks: str = ""          # more simple tasks as Table 1 sources, e.g. "sort,reverse"
-    ln_values: str = ""            # Table 3's constants c, e.g. "0.05,0.4" ("" = the scale's)
+    scale: str = "cpu"             # a DESIGN: "cpu" or "paper"
+    parts: str = ",".join(PARTS)   # which parts to run, a comma list
+    tasks: str = ""                # Table 1's downstream tasks ("" = the design's)
+    seeds: int = 0                 # fine-tuning seeds per row (0 = the design's)
+    sweep_seeds: int = 0           # seeds per sweep source (0 = the design's)
+    ln_values: str = ""            # Table 3's constants c ("" = the design's)
     data_dir: str = config.DATA_DIR  # the downstream tasks' folders and natural_text/
     out: str = ""                  # output folder ("" = results/<scale>)
     t5_dir: str = ""               # paper scale: HF folder of the off-the-shelf T5-small
     t5_v11_dir: str = ""           # paper scale: HF folder of T5 v1.1-small (cnndm_10k)
+    jobs: int = 0                  # cells at once, each with cores/jobs threads (0 = design's)
     dry_run: bool = False          # print the cells and their commands, run nothing
-    report_only: bool = False      # only rebuild the tables and benefit.svg from results.json
-    jobs: int = 0                  # cells at once, each child with cores/jobs threads (0 = scale's)
-    fail_fast: bool = False        # start no cell after the first failure
+    report_only: bool = False      # only rebuild the reports from results.json
 
 @dataclass
 class Cell:
     id: str            # folder name under runs/, unique
     kind: str          # "pretrain" | "finetune"
-    cmd: list          # ["python", "<script>.py", "--k=v", ...]; the runner swaps in sys.executable
-    out_dir: str       # runs/<id>; finished iff out_dir/result.json exists
+    cmd: list          # ["python", "<script>.py", "--k=v", ...]; run with our interpreter
+    out_dir: str       # runs/<id>
     deps: list = field(default_factory=list)  # ids of cells that must finish first
-    meta: dict = field(default_factory=dict)  # method, label, tables, task, seed, source, eta_kind
+    meta: dict = field(default_factory=dict)  # method, label, parts, task, seed, source
 
-def _lists(cfg):
-    """[tasks, tables, ln_values, extra_tasks] as lists, or a UserError naming the bad key."""
-    sources, out = [t for t in TASKS if t != "natural"], []  # natural is a row of its own
-    for key, conv, ok in [("tasks", str, DOWNSTREAM), ("tables", int, [1, 2, 3]),
-                          ("ln_values", float, None), ("extra_tasks", str, sources)]:
-        raw = getattr(cfg, key)
-        try:
-            vals = [conv(x) for x in raw.replace(" ", "").split(",") if x]
-        except ValueError:
-            vals = None
-        if vals is None or not (vals or key == "extra_tasks") or not set(vals) <= set(ok or vals):
-            want = ", ".join(map(str, ok)) if ok else "numbers"
-            raise config.UserError(f"--{key}={raw!r}: expected a comma list of {want}")
-        out.append(vals)
-    return out
+def _list(cfg, key, conv=str, valid=None) -> list:
+    raw = getattr(cfg, key)
+    try:
+        vals = [conv(x) for x in raw.replace(" ", "").split(",") if x]
+    except ValueError:
+        vals = []
+    if not vals or (valid and not set(vals) <= set(valid)):
+        raise config.UserError(f"--{key}={raw!r}: expected a comma list of "
+                               + (", ".join(valid) if valid else "numbers"))
+    return vals
 
 def get_config(argv) -> ReproduceConfig:
-    """The command line over the scale's defaults (what 0 and "" stand for), all checked."""
-    def scale_defaults(c):  # an explicit --seeds=0 stays 0, and is refused below
-        config.check_choice("scale", c.scale, SCALES)
-        s = SCALES[c.scale]
-        return dict(tasks=",".join(s["tasks"]), seeds=s["seeds"], jobs=s["jobs"],
-                    ln_values=",".join(map(str, s["ln_values"])), out=f"results/{c.scale}")
-    cfg = config.parse(ReproduceConfig, argv, scale_defaults, __doc__)
-    config.check_range("seeds", cfg.seeds, 1)
-    config.check_range("jobs", cfg.jobs, 1)
-    _lists(cfg)
+    """The command line over the design's defaults (what 0 and "" stand for), all checked."""
+    def defaults(c):
+        config.check_choice("scale", c.scale, DESIGN)
+        d = DESIGN[c.scale]
+        return dict(tasks=",".join(d["tasks"]), seeds=d["seeds"], sweep_seeds=d["sweep_seeds"],
+                    jobs=d["jobs"], ln_values=",".join(map(str, d["ln_values"])),
+                    out=f"results/{c.scale}")
+    cfg = config.parse(ReproduceConfig, argv, defaults, __doc__)
+    for key in ("seeds", "sweep_seeds", "jobs"):
+        config.check_range(key, getattr(cfg, key), 1)
+    _list(cfg, "parts", valid=PARTS), _list(cfg, "tasks", valid=DOWNSTREAM)
+    _list(cfg, "ln_values", float)
     return cfg
 
 def check_inputs(cfg):
     """A UserError naming every input the cells would miss, raised before the first cell starts."""
-    tasks, hf = _lists(cfg)[0], SCALES[cfg.scale]["natural"] == "hf"
-    w = "model.safetensors|pytorch_model.bin"  # and every cell reads t5_dir's tokenizer.json
+    tasks, hf = _list(cfg, "tasks"), DESIGN[cfg.scale]["natural"] == "hf"
+    w = "model.safetensors|pytorch_model.bin"
     need = [("data_dir", t) for t in tasks + ["natural_text"] * (not hf)]
     need += [("t5_dir", n) for n in ("config.json", "tokenizer.json", w)] * hf
     need += [("t5_v11_dir", n) for n in ("config.json", w)] * (hf and "cnndm_10k" in tasks)
@@ -126,103 +120,93 @@ def check_inputs(cfg):
     if missing:
         raise config.UserError(f"--scale={cfg.scale} needs " + ", ".join(dict.fromkeys(missing)))
 
-def build_cells(cfg):
-    """The grid for the requested tables, in a runnable order (each cell after its dependencies)."""
-    s, (tasks, tables, lns, extra), cells = SCALES[cfg.scale], _lists(cfg), []
-    tok = s["tokenizer"]["path"] if s["tokenizer"] else f"{cfg.t5_dir or '<T5_DIR>'}/tokenizer.json"
-    # the scale's recipe, one tokenizer for every cell (so checkpoints load whole), the budgets
-    common = lambda kind: [f"--preset={cfg.scale}", f"--data_dir={cfg.data_dir}",
-                           f"--tokenizer={tok}", *[f"--{k}={v}" for k, v in s[kind].items()]]
-    out = lambda cid: os.path.join(cfg.out, "runs", cid)  # one folder per cell, named by its id
+def build_cells(cfg) -> list:
+    """The grid of the requested parts, each cell after its dependencies, the long natural
+    pre-training first; a cell two parts share (e.g. ft-set-mtop-s0) is listed once."""
+    from tasks import SIMPLE  # here: the runner itself never imports torch
+    d, parts, tasks = DESIGN[cfg.scale], _list(cfg, "parts"), _list(cfg, "tasks")
+    tok = d["tokenizer"]["path"] if d["tokenizer"] else f"{cfg.t5_dir or '<T5_DIR>'}/tokenizer.json"
+    common = [f"--preset={cfg.scale}", f"--data_dir={cfg.data_dir}", f"--tokenizer={tok}"]
+    out, cells = lambda cid: os.path.join(cfg.out, "runs", cid), {}
 
-    def pretrain(src):  # one cell per source, shared by every table that needs it
-        cid = f"pt-{src}"
-        if all(c.id != cid for c in cells):  # seed 0 always: --seeds repeats fine-tuning only
-            cells.append(Cell(cid, "pretrain", ["python", "pretrain.py", f"--task={src}",
-                              f"--out_dir={out(cid)}", "--seed=0", *common("pretrain")], out(cid),
-                              meta=dict(source=src, eta_kind="pretrain")))
-        return [cid], os.path.join(out(cid), "ckpt_best.pt")  # best validation: the paper's rule
+    def pretrain(src):  # seed 0: --seeds repeats fine-tuning only
+        cid, steps = f"pt-{src}", d["natural_steps" if src == "natural" else "pretrain_steps"]
+        cells.setdefault(cid, Cell(cid, "pretrain", [
+            "python", "pretrain.py", f"--task={src}", f"--out_dir={out(cid)}", "--seed=0",
+            *common, *[f"--max_steps={steps}"] * bool(steps)], out(cid), meta=dict(source=src)))
+        return [cid], os.path.join(out(cid), "ckpt_best.pt")   # best validation: the paper's
 
-    def finetune(method, tabs, init, deps=(), src=None, label=None):  # a row: tasks x seeds
-        for seed in range(cfg.seeds):  # seed-major, so a whole row exists before its repeats
-            for t in tasks:
+    def finetune(method, part, init, task_list, seeds, deps=(), src=None, label=None):
+        for seed in range(seeds):  # seed-major: a whole row exists before its repeats
+            for t in task_list:
                 cid = f"ft-{method}-{t}-s{seed}"
-                cmd = ["python", "finetune.py", f"--task={t}", f"--init={init(t)}",
-                       f"--out_dir={out(cid)}", f"--seed={seed}", *common("finetune")]
-                cells.append(Cell(cid, "finetune", cmd, out(cid), list(deps), dict(
-                    method=method, label=label or LABELS.get(method, method), tables=tabs,
-                    task=t, seed=seed, source=src, eta_kind=f"finetune:{t}")))
+                if cid in cells:
+                    cells[cid].meta["parts"].append(part)
+                    continue
+                cells[cid] = Cell(cid, "finetune", [
+                    "python", "finetune.py", f"--task={t}", f"--init={init(t)}",
+                    f"--out_dir={out(cid)}", f"--seed={seed}", *common], out(cid), list(deps),
+                    dict(method=method, label=label or LABELS.get(method, method.title()),
+                         parts=[part], task=t, seed=seed, source=src))
 
-    # the two reference rows of every table come first, so partial results already give percentages
-    finetune("random", tables, lambda t: "scratch")
-    if s["natural"] == "pretrain":
-        deps, ckpt = pretrain("natural")
-        finetune("natural", tables, lambda t: ckpt, deps, "natural")
-    else:  # the off-the-shelf T5; placeholders let a dry run show the grid before the download
-        key = lambda t: "t5_v11_dir" if t == "cnndm_10k" else "t5_dir"
-        hf = lambda t: "hf:" + (getattr(cfg, key(t)) or f"<{key(t).upper()}>")
-        v11 = "; v1.1 on cnndm_10k" if "cnndm_10k" in tasks else ""
-        finetune("natural", tables, hf, label=f"Natural (off-the-shelf T5{v11})")
-    for src in (TABLE1_SOURCES + [t for t in extra if t not in TABLE1_SOURCES]) * (1 in tables):
-        deps, ckpt = pretrain(src)  # Table 1 and Experiment 2: fine-tune the whole checkpoint
-        finetune(src, [1], lambda t, c=ckpt: c, deps, src)  # c=ckpt: bound now, not at the call
-    for src in STATS_SOURCES * (2 in tables):  # Table 2: only per-group statistics transfer
+    refs = [p for p in parts if p != "sweep"] + ["sweep"] * ("sweep" in parts)
+    if d["natural"] == "pretrain":
+        nat_deps, nat_ckpt = pretrain("natural")
+        natural = lambda t: nat_ckpt  # noqa: E731
+    else:  # the off-the-shelf T5 (v1.1 for CNNDM, as the paper); placeholders for a dry run
+        nat_deps, key = [], lambda t: "t5_v11_dir" if t == "cnndm_10k" else "t5_dir"
+        natural = lambda t: "hf:" + (getattr(cfg, key(t)) or f"<{key(t).upper()}>")  # noqa
+    for part in refs:  # the references first: partial grids already give percentages
+        ts, n = (tasks, cfg.seeds) if part == "table1" else (tasks[:1], cfg.seeds)
+        finetune("random", part, lambda t: "scratch", ts, n)
+        finetune("natural", part, natural, ts, n, nat_deps, "natural")
+    sources = [(s, "table1", tasks, cfg.seeds) for s in TABLE1_SOURCES * ("table1" in parts)]
+    sources += [(s, "sweep", tasks[:1], cfg.sweep_seeds) for s in list(SIMPLE) * ("sweep" in parts)]
+    for src, part, ts, n in sources:  # fine-tune the whole checkpoint
+        deps, ckpt = pretrain(src)
+        finetune(src, part, lambda t, c=ckpt: c, ts, n, deps, src, LABELS.get(src, src.title()))
+    for src in STATS_SOURCES * ("table2" in parts):  # only per-group statistics transfer
         deps, ckpt = pretrain(src)
         for sch in STATS_SCHEMES:
-            finetune(f"stats-{sch}-{src}", [2], lambda t, s=sch, c=ckpt: f"stats:{s}:{c}", deps,
-                     src, f"{LABELS[sch]} (from {LABELS[src]})")
-    for c in lns * (3 in tables):  # Table 3: no checkpoint, pre-attention LN scales = c (ln0.4)
-        finetune(f"ln{c:g}", [3], lambda t, c=c: f"preattn_ln:{c:g}", label=f"Pre-attn LN = {c:g}")
-    return cells
+            finetune(f"stats-{sch}-{src}", "table2", lambda t, s=sch, c=ckpt: f"stats:{s}:{c}",
+                     tasks[:1], cfg.seeds, deps, src, f"{LABELS[sch]} (from {src.title()})")
+    for c in _list(cfg, "ln_values", float) * ("table3" in parts):  # no checkpoint at all
+        finetune(f"ln{c:g}", "table3", lambda t, c=c: f"preattn_ln:{c:g}", tasks[:1], cfg.seeds,
+                 label=f"Pre-attn LN = {c:g}")
+    return list(cells.values())
 
+# ----------------------------------------------------------------------------- running the cells
 def read_result(cell):
-    """The cell's result.json, else None (whether it may be reused is plan()'s question)."""
     path = Path(cell.out_dir) / "result.json"
     return json.loads(path.read_text()) if path.exists() else None
-
-# A cell's child asks the kernel for SIGTERM when its parent dies (even by kill -9), and gives up
-# if that parent is already gone; then it runs the script as `python script.py ...` would.
-LAUNCH = ("import ctypes, os, runpy, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
-          "os.getppid() == int(sys.argv[1]) or sys.exit('parent gone'); sys.argv = sys.argv[2:]; "
-          "sys.path[0] = os.path.dirname(sys.argv[0]); runpy.run_path(sys.argv[0], "
-          "run_name='__main__')")
-
-def subprocess_runner(cell, log_path, threads=0):
-    """Run one cell's command, all its output appended to log_path; returns the exit code. The
-    child dies with us. threads > 0 caps its threads (OMP_NUM_THREADS) so parallel cells share."""
-    # the same interpreter (venv) as ours; the scripts found next to this file, whatever the cwd
-    script = str(Path(__file__).resolve().parent / cell.cmd[1])
-    cmd = [sys.executable, "-c", LAUNCH, str(os.getpid()), script, *cell.cmd[2:]]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads > 0 else None
-    with open(log_path, "a") as log:
-        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-
-def exit_on_signals():
-    """Ctrl-C or SIGTERM ends the grid at once: its exit takes the children with it (LAUNCH),
-    where the thread pool would wait for them to finish. Files are written atomically."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda n, frame: os._exit(128 + n))
 
 def fingerprint(cell):
     """Which run a finished cell is: the hash of its result.json (None if unfinished)."""
     path = Path(cell.out_dir) / "result.json"
     return hashlib.sha1(path.read_bytes()).hexdigest() if path.exists() else None
 
-def _made_from(cell) -> dict:  # {dependency: its fingerprint} as the cell started (deps.json)
-    path = Path(cell.out_dir) / "deps.json"
+def _cell_json(cell) -> dict:  # written as the cell starts: its command, deps' runs and commit
+    path = Path(cell.out_dir) / "cell.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+def commit() -> str:
+    """The code's git commit, '+dirty' if it has uncommitted changes ('unknown' outside git)."""
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True,  # noqa: E731
+                                    cwd=Path(__file__).parent).stdout.strip()
+    sha = git("rev-parse", "HEAD") or "unknown"
+    return sha + "+dirty" * bool(git("status", "--porcelain", "--untracked-files=no"))
 
 def plan(cells, say=print) -> set:
     """The ids of the cells to run. A finished cell is reused only if each dependency is still
     the run it was made from; otherwise it runs again, with its dependants. A pre-training cell
     whose checkpoint is gone (results/ is committed without .pt files) runs again only if a
     dependant must run, and then every dependant runs again too: no table mixes two runs."""
-    prints, made = {c.id: fingerprint(c) for c in cells}, {c.id: _made_from(c) for c in cells}
+    prints, made = {c.id: fingerprint(c) for c in cells}, {c.id: _cell_json(c) for c in cells}
     run = {cid for cid, p in prints.items() if p is None}
     while True:
         again = {}
         for c in (c for c in cells if c.id not in run):
-            stale = [d for d in c.deps if d in run or made[c.id].get(d) != prints[d]]
+            stale = [d for d in c.deps if d in run or made[c.id].get("deps", {}).get(d) != prints[d]]
             if stale:
                 again[c.id] = f"{', '.join(stale)} is not the run it was made from"
             elif c.kind == "pretrain" and not (Path(c.out_dir) / "ckpt_best.pt").exists() and \
@@ -234,49 +218,69 @@ def plan(cells, say=print) -> set:
             say(f"re-running {cid}: {why}")
         run |= set(again)
 
-def _prepare(cell, cells, say):
+def _prepare(cell, cells, code, say):
     """The cell's folder for a start: a killed attempt of the same command with the same
     dependencies resumes from its ckpt_last.pt; anything else starts afresh. The cell to run."""
-    by_id = {c.id: c for c in cells}
-    folder, deps = Path(cell.out_dir), {d: fingerprint(by_id[d]) for d in cell.deps}
-    cmd = folder / "cmd.txt"
-    if (folder / "ckpt_last.pt").exists() and cmd.exists() and cmd.read_text() == " ".join(
-            cell.cmd) and _made_from(cell) == deps and fingerprint(cell) is None:
+    by_id, folder = {c.id: c for c in cells}, Path(cell.out_dir)
+    deps, old = {d: fingerprint(by_id[d]) for d in cell.deps}, _cell_json(cell)
+    if (folder / "ckpt_last.pt").exists() and old.get("cmd") == cell.cmd and \
+            old.get("deps") == deps and fingerprint(cell) is None:
         say(f"resuming {cell.id} from its last checkpoint")
         return replace(cell, cmd=cell.cmd[:2] + ["--init=resume", f"--out_dir={cell.out_dir}"])
     shutil.rmtree(folder, ignore_errors=True)
-    config.atomic_write(str(cmd), " ".join(cell.cmd))
-    config.write_json(str(folder / "deps.json"), deps)
+    config.write_json(str(folder / "cell.json"), dict(cmd=cell.cmd, deps=deps, commit=code))
     return cell
+
+# A cell's child asks the kernel for SIGTERM when its parent dies (even by kill -9), and gives up
+# if that parent is already gone; then it runs the script as `python script.py ...` would.
+LAUNCH = ("import ctypes, os, runpy, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
+          "os.getppid() == int(sys.argv[1]) or sys.exit('parent gone'); sys.argv = sys.argv[2:]; "
+          "sys.path[0] = os.path.dirname(sys.argv[0]); runpy.run_path(sys.argv[0], "
+          "run_name='__main__')")
+
+def subprocess_runner(cell, log_path, threads=0):
+    """Run one cell's command with our interpreter, its output appended to log_path; returns the
+    exit code. threads > 0 caps its threads (OMP_NUM_THREADS) so that parallel cells share."""
+    script = str(Path(__file__).resolve().parent / cell.cmd[1])
+    cmd = [sys.executable, "-c", LAUNCH, str(os.getpid()), script, *cell.cmd[2:]]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads > 0 else None
+    with open(log_path, "a") as log:
+        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+
+def exit_on_signals():
+    """Ctrl-C or SIGTERM ends the grid at once (the children die with it, see LAUNCH), where the
+    thread pool would wait for them. Every file is written atomically."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda n, frame: os._exit(128 + n))
 
 def _fmt(s):  # seconds -> h:mm:ss
     return f"{int(s) // 3600}:{int(s) // 60 % 60:02d}:{int(s) % 60:02d}"
 
 def _eta(cells, durations, jobs=1):
-    """Time left = sum over cells of the mean duration of finished cells of the same kind (task),
-    shared by `jobs` parallel workers (each duration was measured with as many cells beside it)."""
+    """Time left: per cell the mean duration of finished cells of its kind and task (or of its
+    kind), shared by `jobs` parallel workers."""
     total, untimed = 0.0, 0
-    for c in cells:  # a task never timed yet borrows the mean of its kind (all fine-tuning cells)
-        same = durations.get(c.meta["eta_kind"]) or [d for k, v in durations.items()
-                                                     if k.split(":")[0] == c.kind for d in v]
+    for c in cells:
+        key = (c.kind, c.meta.get("task"))
+        same = durations.get(key) or [x for k, v in durations.items() if k[0] == c.kind for x in v]
         total, untimed = (total + statistics.mean(same), untimed) if same else (total, untimed + 1)
     return _fmt(total / jobs) + (f" + {untimed} untimed cells" if untimed else "")
 
-def _failure(cell, fut):  # None when the cell wrote its result.json (whatever the exit code said)
-    e = fut.exception()  # a broken runner is reported like a failing child
+def _failure(cell, fut):  # None when the cell wrote its result.json (whatever the exit code)
+    e = fut.exception()
     rc = f"runner raised {e!r}" if e else fut.result()
-    log = Path(cell.out_dir) / "stdout.log"  # the folder stays for inspection; the next run retries
+    log = Path(cell.out_dir) / "stdout.log"  # the folder stays for inspection; a re-run retries
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else ""
     return None if read_result(cell) else f"exit code {rc}, no result.json; log tail:\n{tail}"
 
-def _record(c, error=None, wall_s=None):  # a cell in results.json; one finished earlier: its wall_s
+def _record(c, error=None):  # a cell in results.json: what ran, from which code, what it gave
     res = read_result(c)
-    return dict(id=c.id, kind=c.kind, meta=c.meta, cmd=c.cmd, result=res, error=error,
-                wall_s=(res or {}).get("wall_s") if wall_s is None else wall_s)
+    return dict(id=c.id, kind=c.kind, meta=c.meta, cmd=c.cmd, commit=_cell_json(c).get("commit"),
+                result=res, error=error, wall_s=(res or {}).get("wall_s"))
 
-def run_cells(cells, runner=subprocess_runner, fail_fast=False, log_file=None, jobs=1):
-    """Run every unfinished cell, up to `jobs` at a time, in grid order as dependencies allow (a
-    cell starts once they have finished); returns one record per cell (result, error, wall_s)."""
+def run_cells(cells, runner=subprocess_runner, log_file=None, jobs=1) -> list:
+    """Run every cell plan() selects, up to `jobs` at a time, in grid order as dependencies allow;
+    returns one record per cell (result, error, commit)."""
     pos = {c.id: i for i, c in enumerate(cells)}
     for c in cells:  # the grid must list each dependency before its users
         if any(pos.get(d, len(cells)) > pos[c.id] for d in c.deps):
@@ -287,226 +291,299 @@ def run_cells(cells, runner=subprocess_runner, fail_fast=False, log_file=None, j
         if log_file:
             with open(log_file, "a") as f:
                 f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
-    to_run, durations, errors, walls = plan(cells, say), {}, {}, {}
-    done = {c.id: None if c.id in to_run else read_result(c) for c in cells}
-    for c in [c for c in cells if isinstance((done[c.id] or {}).get("wall_s"), (int, float))]:
-        durations.setdefault(c.meta["eta_kind"], []).append(done[c.id]["wall_s"])  # seeds the ETA
-    pending = [c for c in cells if done[c.id] is None]  # resuming = skipping every finished cell
-    t0, running, stop = time.time(), {}, False  # running: future -> (cell, start time)
+    to_run, durations, errors, code = plan(cells, say), {}, {}, commit()
+    pending = [c for c in cells if c.id in to_run]
+    t0, running = time.time(), {}  # future -> (cell, start time)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while pending or running:
             busy = {c.id for c in pending} | {c.id for c, _ in running.values()}
             for cell in [c for c in pending if not any(d in busy for d in c.deps)]:
-                if stop or len(running) >= jobs:
+                if len(running) >= jobs:
                     break
                 pending.remove(cell)
-                if any(read_result(cells[pos[d]]) is None for d in cell.deps):  # failed: pointless
+                if any(read_result(cells[pos[d]]) is None for d in cell.deps):
                     errors[cell.id] = f"skipped: a dependency of {cell.deps} has no result.json"
                     continue
                 eta = _eta(pending + [c for c, _ in running.values()], durations, jobs)
                 say(f"[{len(cells) - len(pending) - len(running) - 1}/{len(cells)} done] running "
                     f"{cell.id} | elapsed {_fmt(time.time() - t0)} | left ~{eta}")
-                fut = pool.submit(runner, _prepare(cell, cells, say),
+                fut = pool.submit(runner, _prepare(cell, cells, code, say),
                                   Path(cell.out_dir) / "stdout.log")
                 running[fut] = (cell, time.time())
-            if not running:  # everything left is skipped, or --fail_fast stopped the run
+            if not running:  # everything left is skipped
                 break
             for fut in wait(list(running), return_when=FIRST_COMPLETED)[0]:
-                cell, t_start = running.pop(fut)
-                walls[cell.id], err = time.time() - t_start, _failure(cell, fut)
-                if err is None:
-                    durations.setdefault(cell.meta["eta_kind"], []).append(walls[cell.id])
-                    say(f"finished {cell.id} in {_fmt(walls[cell.id])}")
-                else:  # cells already running finish; with fail_fast no new ones start
-                    errors[cell.id], stop = err, stop or fail_fast
+                cell, start = running.pop(fut)
+                if (err := _failure(cell, fut)) is None:
+                    durations.setdefault((cell.kind, cell.meta.get("task")), []).append(
+                        time.time() - start)
+                    say(f"finished {cell.id} in {_fmt(time.time() - start)}")
+                else:
+                    errors[cell.id] = err
                     say(f"FAILED {cell.id}: {err}")
     say(f"{len(cells) - len(errors)} of {len(cells)} cells finished, {len(errors)} failed or "
-        f"skipped, this invocation took {_fmt(time.time() - t0)}")
-    return [_record(c, errors.get(c.id), walls.get(c.id)) for c in cells]
+        f"skipped; this invocation took {_fmt(time.time() - t0)}")
+    return [_record(c, errors.get(c.id)) for c in cells]
 
-def percent_benefit(method, random, natural, eps=1e-9):
-    """100 (method - random) / (natural - random); None when natural ~= random or one is missing."""
-    if method is None or random is None or natural is None or abs(natural - random) < eps:
-        return None
-    return 100.0 * (method - random) / (natural - random)
+# ----------------------------------------------------------------------------- the numbers
+def _interval(xs) -> list:  # the central 95% of the finite bootstrap values
+    xs = np.asarray(xs)[np.isfinite(xs)]
+    return [float(x) for x in np.percentile(xs, [2.5, 97.5])] if len(xs) else [None, None]
 
-def _pct(x):  # accuracies may be fractions, shown as % (so a real accuracy <= 1% would be misread)
-    return None if x is None else (100.0 * x if abs(x) <= 1.0 else x)
-
-def _mean(xs):  # mean of what is there; None when nothing is, so a partial grid still renders
-    xs = [x for x in xs if x is not None]
-    return statistics.mean(xs) if xs else None
-
-def summarize(records, metric="score"):
-    """Every number of the tables: per method and task the seeds' mean/std, averages, % benefit."""
+def summarize(records) -> dict:
+    """Every number of the reports. Per method and task: the seeds' scores (each task's main
+    metric at the best validation token accuracy), mean, sample std, % of natural's benefit
+    100 (method - random) / (natural - random); per method the mean % over its tasks on which
+    natural beats random by at least 3 pooled seed stds, with a 95% interval from BOOTSTRAP
+    resamples of each (method, task)'s seeds."""
     pre = {r["meta"]["source"]: r["result"] or {} for r in records if r["kind"] == "pretrain"}
     ft = [r for r in records if r["kind"] == "finetune"]
-    tasks, methods = list(dict.fromkeys(r["meta"]["task"] for r in ft)), {}  # both in grid order
+    tasks = list(dict.fromkeys(r["meta"]["task"] for r in ft))
+    scores, methods, n_test = {}, {}, {}
     for r in ft:
-        m, res, src = r["meta"], r["result"], pre.get(r["meta"]["source"], {})
-        const = (src.get("baselines") or {}).get("constant", {})  # did it learn? beat this output
-        row = methods.setdefault(m["method"], dict(
-            label=m["label"], tables=m["tables"], source=m["source"], runs={t: [] for t in tasks},
-            pretrain_acc=_pct(src.get("best_val_token_acc")),
-            pretrain_em=_pct(src.get("val_exact_match")),
-            pretrain_const=_pct(const.get("token_acc"))))
-        if res:  # unfinished or failed cells contribute nothing; "score" may sit in "scores"
-            v = res.get(metric, res.get("scores", {}).get(metric))
-            v = _pct(v) if metric.endswith("acc") else v
-            row["runs"][m["task"]].append((v, res.get("score")))
-    for row in methods.values():  # mean ± std over seeds (sample std; 0 for a single seed)
-        row["per_task"] = {}
-        for t, runs in row.pop("runs").items():
-            v = [v for v, _ in runs if v is not None]
-            row["per_task"][t] = dict(n=len(v), mean=_mean(v), score_mean=_mean(s for _, s in runs),
-                                      std=statistics.stdev(v) if len(v) > 1 else 0.0)
-        means = [c["mean"] for c in row["per_task"].values()]
-        # an average over a subset of tasks would not compare across rows, so only over all of them
-        row["avg"] = statistics.mean(means) if means and None not in means else None
+        m, res = r["meta"], r["result"]
+        src = pre.get(m["source"], {})
+        methods.setdefault(m["method"], dict(
+            label=m["label"], parts=m["parts"], source=m["source"], tasks=[],
+            pretrain=[src.get("best_val_token_acc"), src.get("val_exact_match"),
+                      ((src.get("baselines") or {}).get("constant") or {}).get("token_acc")]))
+        if m["task"] not in methods[m["method"]]["tasks"]:
+            methods[m["method"]]["tasks"].append(m["task"])
+        if res:
+            scores.setdefault((m["method"], m["task"]), []).append(
+                (res["score"], 100 * res["best_val_token_acc"]))
+            n_test[m["task"]] = res.get("n_test")
+    rng, boot = np.random.default_rng(0), {}
+    for key, runs in scores.items():  # in grid order: the same draws every time
+        s = np.array([x for x, _ in runs])
+        boot[key] = s[rng.integers(0, len(s), (BOOTSTRAP, len(s)))].mean(1)
+    stat = lambda k: dict(n=len(scores[k]), mean=statistics.mean(x for x, _ in scores[k]),  # noqa
+                          std=statistics.stdev(x for x, _ in scores[k]) if len(scores[k]) > 1
+                          else 0.0, token_acc=statistics.mean(a for _, a in scores[k]))
+    margins = {}
+    for t in tasks:
+        if ("random", t) in scores and ("natural", t) in scores:
+            r, n = stat(("random", t)), stat(("natural", t))
+            pooled = ((r["std"] ** 2 + n["std"] ** 2) / 2) ** 0.5
+            margins[t] = dict(diff=n["mean"] - r["mean"], pooled_std=pooled,
+                              ok=n["mean"] - r["mean"] >= 3 * pooled and pooled > 0)
+    for k, m in methods.items():
+        m["per_task"], pcts, draws = {}, [], []
+        for t in m["tasks"]:
+            if (k, t) not in scores:
+                continue
+            c = m["per_task"][t] = stat((k, t))
+            if t in margins:
+                r, n = stat(("random", t))["mean"], stat(("natural", t))["mean"]
+                c["pct"] = 100 * (c["mean"] - r) / (n - r) if n != r else None
+                with np.errstate(divide="ignore", invalid="ignore"):  # natural = random: inf
+                    b = 100 * (boot[k, t] - boot["random", t]) / (
+                        boot["natural", t] - boot["random", t])
+                c["pct_ci"] = _interval(b)
+                if margins[t]["ok"] and c["pct"] is not None:
+                    pcts.append(c["pct"])
+                    draws.append(b)
+        m["pct"] = statistics.mean(pcts) if pcts else None
+        m["pct_ci"] = _interval(np.mean(draws, 0)) if draws else [None, None]
+        m["pct_tasks"] = len(pcts)
+    sweep = _sweep(methods, boot, tasks[0] if tasks else None)
+    return dict(tasks=tasks, methods=methods, margins=margins, sweep=sweep, n_test=n_test,
+                verdicts=_verdicts(methods, margins, sweep), commits=sorted(
+                    {r["commit"] or "unknown" for r in records if r["result"]}),
+                errors=[dict(id=r["id"], error=r["error"]) for r in records if r.get("error")])
 
-    def ref(t):  # [random, natural] on task t (their averages for t=None); None if not run (yet)
-        return [None if k not in methods else methods[k]["per_task"][t]["mean"] if t
-                else methods[k]["avg"] for k in ("random", "natural")]
-    for row in methods.values():
-        for t, c in row["per_task"].items():  # n/a: it ran, but natural == random
-            c["pct"] = percent_benefit(c["mean"], *ref(t))
-            c["na"] = c["pct"] is None and None not in [c["mean"], *ref(t)]
-        pcts = [c["pct"] for c in row["per_task"].values()]
-        # headline: the mean of the per-task percentages (the paper's presumed form), n/a left out
-        row.update(pct=_mean(pcts), pct_n_tasks=sum(p is not None for p in pcts),
-                   pct_of_avg=percent_benefit(row["avg"], *ref(None)))
-    notes = [n for t in tasks if None not in ref(t) for n in _notes(t, methods)]
-    return dict(metric=metric, tasks=tasks, methods=methods, notes=notes,
-                errors=[dict(id=r["id"], error=r["error"]) for r in records if r.get("error")],
-                tables=sorted({t for m in methods.values() for t in m["tables"]}))
+def _sweep(methods, boot, task) -> dict:
+    """Experiment 2: the sources ranked by mean score on `task`; each one's 95% rank interval
+    over the bootstrap draws (rank 1 = best)."""
+    keys = [k for k, m in methods.items() if "sweep" in m["parts"] and k not in
+            ("random", "natural") and (k, task) in boot]
+    if not keys:
+        return {}
+    ranks = 1 + np.argsort(np.argsort(-np.stack([boot[k, task] for k in keys]), 0), 0)
+    order = sorted(keys, key=lambda k: -methods[k]["per_task"][task]["mean"])
+    return dict(task=task, order=order, rank_ci={k: [int(x) for x in np.percentile(
+        ranks[keys.index(k)], [2.5, 97.5], method="nearest")] for k in keys})
 
-def _notes(t, methods):  # where the denominator natural - random of task t misbehaves, in words
-    rc, nc = methods["random"]["per_task"][t], methods["natural"]["per_task"][t]
-    d, spread = nc["mean"] - rc["mean"], rc["std"] + nc["std"]  # stds known with 2+ seeds of each
-    if abs(d) < 1e-9:
-        return [f"{t}: natural == random, so its % of benefit is n/a (division by ~0)"]
-    notes = [f"{t}: natural scores below random; its % of benefit has the opposite sign"] * (d < 0)
-    if rc["n"] > 1 and nc["n"] > 1 and abs(d) < spread:
-        notes.append(f"{t}: natural - random = {d:+.2f} is within the seeds' spread (std "
-                     f"{rc['std']:.2f} + {nc['std']:.2f}), so its % of benefit is dominated by "
-                     "noise; compare points")
-    return notes
+def _verdict(m, paper, what) -> dict:
+    """The pre-stated rule: reproduced if the 95% interval holds the paper's figure and excludes
+    0; not reproduced if it excludes the paper's figure; else (or without a usable natural
+    reference) inconclusive."""
+    lo, hi = m["pct_ci"] if m else (None, None)
+    if lo is None:
+        return dict(claim=what, paper=paper, ours=None, ci=[lo, hi], verdict="inconclusive",
+                    why="no task where natural beats random by 3 seed stds")
+    v = "reproduced" if lo <= paper <= hi and lo > 0 else \
+        "not reproduced" if not lo <= paper <= hi else "inconclusive"
+    why = dict(reproduced="the interval holds the paper's figure and excludes 0",
+               inconclusive="the interval holds both the paper's figure and 0")
+    return dict(claim=what, paper=paper, ours=m["pct"], ci=[lo, hi], verdict=v, tasks=m[
+        "pct_tasks"], why=why.get(v, "the interval excludes the paper's figure"))
 
-def _f(x, nd=1):  # a number for a table cell, a dash for "not run (yet)", no "-0" for a tiny minus
-    return "–" if x is None else f"{x:.{nd}f}".lstrip("-") if round(x, nd) == 0 else f"{x:.{nd}f}"
-
-def _md(header, rows):  # a GitHub-markdown table
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
-
-TITLES = {1: "Table 1: pre-training sources (Experiments 1 and 2)", 2: "Table 2: initialising from "
-          "parameter statistics of a synthetic checkpoint (Experiment 3)",
-          3: "Table 3: constant pre-attention layer norm"}
-INTRO = ("Metric `{}` (x100 for accuracies), mean ± std over the finished seeds (up to {}). % of "
-         "benefit = 100 (method - random) / (natural - random) per task; the **headline `% "
-         "benefit` is the mean of the per-task percentages** (the paper's presumed form); `% of "
-         "avg` applies the formula to the task averages instead. `pre-train acc` = the source's "
-         "held-out token accuracy / exact match / token accuracy of a constant output (the bar a "
-         "source must clear to have learned anything).")
-
-def _row(k, m, n):  # a method's row of a table's main part, over n tasks
-    part = f" ({m['pct_n_tasks']}/{n} tasks)" if 0 < m["pct_n_tasks"] < n else ""
-    pre = " / ".join(_f(m[f"pretrain_{s}"]) for s in ("acc", "em", "const"))
-    return [m["label"], "–" if m["pretrain_acc"] is None else pre,
-            *[_f(c["mean"]) + f" ± {c['std']:.1f}" * (c["n"] > 1) for c in m["per_task"].values()],
-            _f(m["avg"]), _f(m["pct"], 0) + "%" * (m["pct"] is not None) + part,
-            _f(m["pct_of_avg"], 0), PUBLISHED.get(k, "")]
-
-def render_tables(summary):
-    """{"table1.md": markdown, ...} for every table in the summary."""
-    tasks, out = summary["tasks"], {}
-    for tab in summary["tables"]:
-        rows = [(k, m) for k, m in summary["methods"].items() if tab in m["tables"]]  # refs too
-        n_seeds = max([c["n"] for _, m in rows for c in m["per_task"].values()] or [0])
-        per_task = lambda fn: _md(["method", *tasks], [
-            [m["label"], *map(fn, m["per_task"].values())] for _, m in rows])
-        head = ["method", "pre-train acc / EM / const", *tasks, "avg", "% benefit", "% of avg",
-                "paper"]
-        text = [f"# {TITLES[tab]}", "", INTRO.format(summary["metric"], n_seeds), "",
-                _md(head, [_row(k, m, len(tasks)) for k, m in rows]), "", "Per-task % of benefit:",
-                "", per_task(lambda c: "n/a" if c["na"] else _f(c["pct"], 0))]
-        if summary["metric"] != "score":  # the task's own test metric, beside the one behind the %
-            text += ["", "Test score (`score`: the task's main metric at the best-validation "
-                     "step):", "", per_task(lambda c: _f(c["score_mean"]))]
-        if tab == 2:
-            best = max([m for k, m in rows if k.startswith("stats-") and m["pct"] is not None],
-                       key=lambda m: m["pct"], default=None)
-            here = f"{best['label']} {_f(best['pct'], 0)}%" if best else "n/a"
-            text += ["", "Paper: parameter statistics (best scheme) reach "
-                     f"{PUBLISHED_STATS_BEST} of the benefit; here the best is {here}."]
-        text += [""] + [f"Note: {n}" for n in summary["notes"]]  # n/a and sign flips, in words
-        text += [f"Failed/skipped: {e['id']}" for e in summary["errors"]]
-        out[f"table{tab}.md"] = "\n".join(text).rstrip() + "\n"
+def _verdicts(methods, margins, sweep) -> list:
+    stats = [m for k, m in methods.items() if k.startswith("stats-") and m["pct"] is not None]
+    best = max(stats, key=lambda m: m["pct"], default=None)
+    out = [_verdict(methods.get("lime"), PAPER["lime"], "LIME keeps ~67% of the benefit"),
+           _verdict(methods.get("set"), PAPER["set"], "Set keeps ~65% of the benefit"),
+           _verdict(best, PAPER["stats"], "Parameter statistics alone keep ~39% (best scheme" +
+                    (f": {best['label']})" if best else ")"))]
+    if "set" in sweep.get("rank_ci", {}):  # near the top: rank <= 4 of 18, the top quarter
+        lo, hi = sweep["rank_ci"]["set"]
+        v = "reproduced" if hi <= 4 else "not reproduced" if lo > 4 else "inconclusive"
+        out.append(dict(claim=f"Set ranks near the top of the {len(sweep['order'])} simple tasks"
+                        " (top quarter: rank <= 4)", paper=None, ours=sweep["order"].index("set")
+                        + 1, ci=[lo, hi], verdict=v, why="95% bootstrap interval of Set's rank"))
     return out
 
-def render_svg(summary):
-    """A horizontal bar chart of the headline % of benefit per method; black ticks: the paper's."""
-    rows = list(summary["methods"].items())
-    vals = [m["pct"] for _, m in rows if m["pct"] is not None]
-    lo, hi = max(-200.0, min([0.0] + vals)), min(300.0, max([100.0] + vals))  # clip outliers
-    x = lambda v: 260 + (min(max(v, lo), hi) - lo) / (hi - lo) * 430
-    end = 40 + 22 * len(rows)  # 22 pixels a row, below a 40-pixel header
-    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="760" height="{end + 50}" '
-         'font-family="sans-serif" font-size="12">', '<text x="260" y="20" font-weight="bold">% of '
-         f'natural pre-training benefit ({escape(summary["metric"])}, mean over '
-         f'{len(summary["tasks"])} tasks)</text>']
-    s += [f'<line x1="{x(v):.1f}" y1="35" x2="{x(v):.1f}" y2="{end}" stroke="#999" stroke-dasharray'
-          f'="4 3"/><text x="{x(v):.1f}" y="32" text-anchor="middle">{v}%</text>' for v in (0, 100)]
-    for y, (k, m) in zip(range(40, end, 22), rows):
-        p, ref = m["pct"], k in ("random", "natural")
-        x0, x1 = sorted((x(0), x(p or 0)))  # bars grow from 0 either way; n/a is empty
-        tx, anchor = (x1 + 4, "start") if (p or 0) >= 0 else (x0 - 4, "end")  # label past the bar
-        fill = "#888" if ref else ["#4c72b0", "#dd8452", "#55a868"][min(m["tables"]) - 1]
-        s.append(f'<text x="254" y="{y + 15}" text-anchor="end">{escape(m["label"])}</text><rect '
-                 f'class="bar" x="{x0:.1f}" y="{y + 4}" width="{x1 - x0:.1f}" height="14" fill='
-                 f'"{fill}"/><text x="{tx:.1f}" y="{y + 15}" text-anchor="{anchor}">'
-                 f'{"n/a" if p is None else _f(p, 0) + "%"}</text>')
-        if k in PUBLISHED and not ref:  # the paper's figure
-            px = x(float(PUBLISHED[k][:-1]))
-            s.append(f'<line class="paper" x1="{px:.1f}" y1="{y + 1}" x2="{px:.1f}" y2="{y + 21}" '
-                     'stroke="black" stroke-width="3"/>')
-    s.append(f'<text x="260" y="{end + 30}">black ticks: paper (LIME 67%, Set 65%); paper\'s best '
-             f'parameter-statistics scheme: {PUBLISHED_STATS_BEST}</text></svg>')
+# ----------------------------------------------------------------------------- the reports
+def _f(x, nd=1):  # a table number; a dash for "not run (yet)"; never "-0"
+    return "–" if x is None else f"{x:.{nd}f}".lstrip("-") if round(x, nd) == 0 else f"{x:.{nd}f}"
+
+def _pct(m):  # "67% [52, 80]"
+    lo, hi = m.get("pct_ci") or (None, None)
+    return "–" if m.get("pct") is None else f"{_f(m['pct'], 0)}% [{_f(lo, 0)}, {_f(hi, 0)}]"
+
+def _md(header, rows):
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+TITLES = dict(table1="Table 1: pre-training sources (Experiment 1)",
+              sweep="Experiment 2: the 18 simple tasks as pre-training sources, ranked",
+              table2="Table 2: a fresh model drawn from a checkpoint's parameter statistics",
+              table3="Table 3: constant pre-attention layer norm scale")
+INTRO = ("Score: each task's main metric on the test split (exact match; ROUGE-1 for CNNDM) at "
+         "the step of best validation token accuracy, mean ± std over {} seeds. % of benefit = "
+         "100 (method - random) / (natural - random), averaged over the tasks where natural beats "
+         "random by at least 3 pooled seed stds; [95% interval] over {} bootstrap resamples of "
+         "the seeds. Pre-train: the source's held-out token accuracy / exact match / token "
+         "accuracy of the best constant output (the bar for having learned anything).")
+
+def render_part(s, part) -> str:
+    tasks = s["tasks"] if part == "table1" else s["tasks"][:1]
+    keys = [k for k, m in s["methods"].items() if part in m["parts"]]
+    if part == "sweep":
+        keys = ["random", "natural", *s["sweep"].get("order", [])]
+    row = lambda k, m: [m["label"], " / ".join(_f(x and 100 * x) for x in m["pretrain"]) if  # noqa
+                        m["source"] else "–", *[_f(c["mean"]) + f" ± {c['std']:.1f}" * (
+                        c["n"] > 1) if (c := m["per_task"].get(t)) else "–" for t in tasks],
+                        _pct(m), f"{PAPER[k]:.0f}%" if k in PAPER else ""]
+    n = max([c["n"] for m in s["methods"].values() for c in m["per_task"].values()] or [0])
+    text = [f"# {TITLES[part]}", "", INTRO.format(n, BOOTSTRAP), "",
+            _md(["method", "pre-train", *tasks, "% of benefit [95%]", "paper"],
+                [row(k, s["methods"][k]) for k in keys if k in s["methods"]])]
+    if part == "sweep" and s["sweep"]:
+        text += ["", "95% interval of each source's rank: " + ", ".join(
+            f"{k} {lo}-{hi}" for k, (lo, hi) in s["sweep"]["rank_ci"].items())]
+    if part == "table1":
+        pt = lambda m, t: f"{_f(c['pct'], 0)} [{_f(c['pct_ci'][0], 0)}, {_f(c['pct_ci'][1], 0)}]" \
+            if (c := m["per_task"].get(t)) and c.get("pct") is not None else "–"  # noqa: E731
+        text += ["", "Per task, % of benefit [95%] and validation token accuracy:", "", _md(
+            ["method", *tasks, *[f"{t} token acc" for t in tasks]],
+            [[m["label"], *[pt(m, t) for t in tasks], *[_f(m["per_task"][t]["token_acc"])
+              if t in m["per_task"] else "–" for t in tasks]] for m in
+             (s["methods"][k] for k in keys)])]
+    for t in tasks:
+        g, n_t = s["margins"].get(t), s["n_test"].get(t)
+        if g:
+            text.append(f"\n{t}: natural - random = {g['diff']:+.2f}, pooled seed std "
+                        f"{g['pooled_std']:.2f} ({'at least' if g['ok'] else 'BELOW'} the 3x "
+                        f"margin: {'used' if g['ok'] else 'left out of'} the % averages); "
+                        f"{n_t} test examples.")
+    text += [f"Failed/skipped: {e['id']}" for e in s["errors"]]
+    return "\n".join(text).rstrip() + "\n"
+
+def render_verdicts(s) -> str:
+    rows = [[v["claim"], "" if v["paper"] is None else f"{v['paper']:.0f}%",
+             ("–" if v["ours"] is None else f"{v['ours']:.0f}%" if v["paper"] is not None else
+              f"rank {v['ours']}") + f" [{_f(v['ci'][0], 0)}, {_f(v['ci'][1], 0)}]",
+             f"**{v['verdict']}**: {v['why']}"] for v in s["verdicts"]]
+    return "\n".join(["# Verdicts", "", _md(["claim", "paper", "ours [95%]", "verdict"], rows),
+                      "", "Code: " + ", ".join(s["commits"])]) + "\n"
+
+def render_svg(title, rows, note) -> str:
+    """A horizontal bar chart that cannot clip or overlap: a label column sized to the longest
+    label, the bars with their 95% whiskers, then the numbers in a column of their own. rows:
+    (label, value, [lo, hi], paper value or None, colour); black ticks mark the paper."""
+    W, lw, vw, h = 360, 12 + 7 * max([len(r[0]) for r in rows] + [10]), 120, 22
+    vals = [x for r in rows for x in (r[1], *r[2]) if x is not None]
+    lo, hi = min([0.0] + vals), max([100.0] + vals)
+    x = lambda v: lw + 10 + (v - lo) / (hi - lo) * W  # noqa: E731
+    end = 50 + h * len(rows)
+    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{lw + W + vw + 30}" height="{end + 40}"'
+         ' font-family="DejaVu Sans, Arial, sans-serif" font-size="12">',
+         '<rect width="100%" height="100%" fill="white"/>',
+         f'<text x="10" y="20" font-weight="bold">{escape(title)}</text>']
+    s += [f'<line x1="{x(v):.1f}" y1="38" x2="{x(v):.1f}" y2="{end}" stroke="#999" '
+          f'stroke-dasharray="4 3"/><text x="{x(v):.1f}" y="34" text-anchor="middle">{v}%</text>'
+          for v in (0, 100)]
+    for y, (label, v, (a, b), paper, color) in zip(range(44, end, h), rows):
+        s.append(f'<text x="{lw}" y="{y + 15}" text-anchor="end">{escape(label)}</text>')
+        if v is not None:
+            x0, x1 = sorted((x(0), x(v)))
+            s.append(f'<rect x="{x0:.1f}" y="{y + 4}" width="{x1 - x0:.1f}" height="14" '
+                     f'fill="{color}"/>')
+        if a is not None:
+            s.append(f'<path d="M{x(a):.1f} {y + 11}H{x(b):.1f}M{x(a):.1f} {y + 6}V{y + 16}'
+                     f'M{x(b):.1f} {y + 6}V{y + 16}" stroke="black" fill="none"/>')
+        if paper is not None:
+            s.append(f'<line x1="{x(paper):.1f}" y1="{y + 1}" x2="{x(paper):.1f}" y2="{y + 21}"'
+                     ' stroke="black" stroke-width="3"/>')
+        num = "–" if v is None else f"{v:.0f}%" + (f" [{a:.0f}, {b:.0f}]" if a is not None else "")
+        s.append(f'<text x="{lw + W + 20}" y="{y + 15}">{num}</text>')
+    s.append(f'<text x="10" y="{end + 25}">{escape(note)}</text></svg>')
     return "\n".join(s) + "\n"
+
+def render_all(s) -> dict:
+    """{file name: text} of every report."""
+    m, colors = s["methods"], dict(table1="#4c72b0", sweep="#4c72b0", table2="#dd8452",
+                                   table3="#55a868")
+    bar = lambda k: (m[k]["label"], m[k]["pct"], m[k]["pct_ci"], PAPER.get(k),  # noqa: E731
+                     "#888" if k in ("random", "natural") else colors[m[k]["parts"][0]])
+    best = lambda p: max([k for k in m if p in m[k]["parts"] and k not in ("random", "natural")  # noqa
+                          and m[k]["pct"] is not None], key=lambda k: m[k]["pct"], default=None)
+    main = [k for k in m if "table1" in m[k]["parts"]] + [b for b in (best("table2"), best(
+        "table3")) if b]
+    out = {f"{p}.md": render_part(s, p) for p in PARTS if any(p in x["parts"] for x in m.values())}
+    out["verdict.md"] = render_verdicts(s)
+    note = "whiskers: 95% bootstrap interval over seeds; black ticks: the paper's six-task figures"
+    ts = s["tasks"] or ["-"]
+    out["benefit.svg"] = render_svg(f"% of natural pre-training's benefit (mean over {len(ts)} "
+                                    f"tasks; Table 2/3: best row, on {ts[0]})",
+                                    [bar(k) for k in main], note)
+    if s["sweep"]:
+        out["sweep.svg"] = render_svg(f"Experiment 2: % of benefit on {s['sweep']['task']}, "
+                                      "ranked", [bar(k) for k in s["sweep"]["order"]], note)
+    return out
 
 def main(argv):
     cfg = get_config(argv)
-    s, cells = SCALES[cfg.scale], build_cells(cfg)
-    if cfg.dry_run:  # the grid and its exact commands, e.g. to check settings before a long run
+    d, cells = DESIGN[cfg.scale], build_cells(cfg)
+    if cfg.dry_run:  # the grid and its exact commands
+        print("\n".join(f"{c.id:<50} {' '.join(c.cmd)}" for c in cells))
         n_pt = sum(c.kind == "pretrain" for c in cells)
-        print("\n".join(f"{c.id:<45} {' '.join(c.cmd)}" for c in cells))
-        print(f"{len(cells)} cells: {n_pt} pre-training, {len(cells) - n_pt} fine-tuning -> "
-              f"{cfg.out}")
+        print(f"{len(cells)} cells: {n_pt} pre-training, {len(cells) - n_pt} fine-tuning")
         return 0
-    if cfg.report_only:  # the tables again from results.json alone: no cell folder is read
+    if cfg.report_only:  # the reports again from results.json alone: no cell folder is read
         if not os.path.exists(path := os.path.join(cfg.out, "results.json")):
             raise config.UserError(f"--report_only: {path} does not exist (run the grid first)")
-        with open(path) as f:
-            saved = json.load(f)
-        summary = summarize(saved["records"], saved["settings"]["metric"])
+        summary = summarize(json.loads(Path(path).read_text())["records"])
     else:
         check_inputs(cfg)  # before any cell, not once per failing cell
-        if s["tokenizer"]:  # made once here, not by two cells racing to train it
-            get_tokenizer(cfg.data_dir, s["tokenizer"]["size"], s["tokenizer"]["path"],
+        if d["tokenizer"]:  # made once here, not by two cells racing to train it
+            get_tokenizer(cfg.data_dir, d["tokenizer"]["size"], d["tokenizer"]["path"],
                           natural_only=True)
         os.makedirs(cfg.out, exist_ok=True)
         exit_on_signals()
-        threads = max(1, (os.cpu_count() or 1) // cfg.jobs) if cfg.jobs > 1 else 0  # 0: its own
+        threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
         records = run_cells(cells, lambda c, log: subprocess_runner(c, log, threads),
-                            cfg.fail_fast, os.path.join(cfg.out, "run.log"), cfg.jobs)
-        summary = summarize(records, s["metric"])
-        # results.json holds every number: summary, settings and each cell's full result.json
+                            os.path.join(cfg.out, "run.log"), cfg.jobs)
+        summary = summarize(records)
         config.write_json(os.path.join(cfg.out, "results.json"), dict(
-            summary, scale=cfg.scale, settings=s, args=asdict(cfg), records=records))
-    for name, text in {**render_tables(summary), "benefit.svg": render_svg(summary)}.items():
+            design=d, args=asdict(cfg), summary=summary, records=records))
+    for name, text in render_all(summary).items():
         config.atomic_write(os.path.join(cfg.out, name), text)
-    print(f"wrote tables, benefit.svg{'' if cfg.report_only else ' and results.json'} to {cfg.out}")
-    return 1 if summary["errors"] else 0  # non-zero when a cell failed, after writing what finished
+    print(render_verdicts(summary))
+    print(f"wrote the reports{'' if cfg.report_only else ' and results.json'} to {cfg.out}")
+    return 1 if summary["errors"] else 0
 
 if __name__ == "__main__":
     config.main(lambda argv: sys.exit(main(argv)))
