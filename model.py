@@ -10,7 +10,10 @@ Reading order: model.py (here), tokenizer.py, tasks.py, ... Next: tokenizer.py.
 """
 import json
 import math
+import json
+import math
 import os
+import re
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -67,13 +70,11 @@ def relative_position_bucket(relative_position, bidirectional, num_buckets=32, m
     """T5's bucket of (key position - query position). Bidirectional (encoder): half the buckets
     for keys after the query. Causal (decoder): all for keys at or before it. Per half, distances
     below max_exact = buckets/2 get a bucket each, larger ones log-spaced ones to max_distance."""
-    bucket = torch.zeros_like(relative_position)
     if bidirectional:
         num_buckets //= 2
-        bucket += (relative_position > 0).long() * num_buckets
-        distance = relative_position.abs()
+        bucket, distance = (relative_position > 0).long() * num_buckets, relative_position.abs()
     else:
-        distance = (-relative_position).clamp_min(0)
+        bucket, distance = 0, (-relative_position).clamp_min(0)
     exact = num_buckets // 2
     # clamp_min(1) only keeps log() finite where the `where` below discards the value
     log_ratio = torch.log(distance.clamp_min(1).float() / exact) / math.log(max_distance / exact)
@@ -105,9 +106,7 @@ class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         inner = cfg.num_heads * cfg.d_kv
-        self.q = nn.Linear(cfg.d_model, inner, bias=False)
-        self.k = nn.Linear(cfg.d_model, inner, bias=False)
-        self.v = nn.Linear(cfg.d_model, inner, bias=False)
+        self.q, self.k, self.v = (nn.Linear(cfg.d_model, inner, bias=False) for _ in "qkv")
         self.o = nn.Linear(inner, cfg.d_model, bias=False)
         self.n_heads, self.d_kv, self.dropout = cfg.num_heads, cfg.d_kv, cfg.dropout_rate
 
@@ -223,11 +222,6 @@ class T5(nn.Module):
             x = block(x, mask)
         return self.encoder.dropout(self.encoder.final_layer_norm(x)), pad_mask
 
-    def logits(self, h):
-        if self.config.tie_word_embeddings:  # Mesh TF / T5X rescale before the tied projection
-            return F.linear(h * self.config.d_model ** -0.5, self.shared.weight)
-        return self.lm_head(h)
-
     def decode(self, decoder_input_ids, enc, cross_mask, cache=None, pos=0):
         """Logits for the decoder input, or with generate's KV cache for one token at `pos`."""
         T = decoder_input_ids.shape[1]
@@ -237,7 +231,10 @@ class T5(nn.Module):
         x = self.decoder.dropout(self.shared(decoder_input_ids))
         for block, c in zip(self.decoder.block, cache or [None] * len(self.decoder.block)):
             x = block(x, mask, enc, cross_mask, cache=c, pos=pos)
-        return self.logits(self.decoder.dropout(self.decoder.final_layer_norm(x)))
+        x = self.decoder.dropout(self.decoder.final_layer_norm(x))
+        if self.config.tie_word_embeddings:  # Mesh TF / T5X rescale before the tied projection
+            return F.linear(x * self.config.d_model ** -0.5, self.shared.weight)
+        return self.lm_head(x)
 
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, labels=None,
                 z_loss: float = 0.0):
@@ -276,30 +273,27 @@ class T5(nn.Module):
             raise ValueError(f"generate needs max_new_tokens >= 1 (got {max_new_tokens}) and "
                              f"num_beams >= 1, > 1 for return_all_beams (got {num_beams})")
         was_training = self.training
-        self.eval()
-        try:
-            enc, cross_mask = self.encode(input_ids, attention_mask)
-            if num_beams == 1:
-                return self._greedy(enc, cross_mask, max_new_tokens)
-            return self._beam_search(enc, cross_mask, max_new_tokens, num_beams, length_penalty,
-                                     return_all_beams)
-        finally:
-            self.train(was_training)
+        enc, cross_mask = self.eval().encode(input_ids, attention_mask)  # eval: no dropout
+        if num_beams == 1:
+            out = self._greedy(enc, cross_mask, max_new_tokens)
+        else:
+            out = self._beam_search(enc, cross_mask, max_new_tokens, num_beams, length_penalty,
+                                    return_all_beams)
+        self.train(was_training)
+        return out
 
     def _greedy(self, enc, cross_mask, max_new_tokens):
         cfg, B = self.config, enc.shape[0]
         cache = self._start_cache(enc, max_new_tokens)
-        tokens = torch.full((B, 1), cfg.decoder_start_token_id, dtype=torch.long, device=enc.device)
+        out = [torch.full((B,), cfg.decoder_start_token_id, dtype=torch.long, device=enc.device)]
         done = torch.zeros(B, dtype=torch.bool, device=enc.device)
-        out = []  # one [B] tensor per step
         for pos in range(max_new_tokens):
-            nxt = self.decode(tokens, enc, cross_mask, cache, pos)[:, -1].argmax(-1)
+            nxt = self.decode(out[-1][:, None], enc, cross_mask, cache, pos)[:, -1].argmax(-1)
             out.append(nxt.masked_fill(done, cfg.pad_token_id))  # rows past their EOS only pad
             done |= out[-1] == cfg.eos_token_id
             if done.all():
                 break
-            tokens = out[-1][:, None]
-        return torch.stack(out, 1)
+        return torch.stack(out[1:], 1)
 
     def _beam_search(self, enc, cross_mask, L, K, alpha, return_all_beams):
         """Batch x beams at once: row b*K + k of every [B*K, ...] tensor is batch b, beam k."""
@@ -372,12 +366,10 @@ class T5(nn.Module):
         cfg = T5Config(**{k: hf[k] for k in names if hf.get(k) is not None})
         cfg.num_decoder_layers = hf.get("num_decoder_layers") or cfg.num_layers  # old: not stored
         st, pt = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
-        if os.path.exists(st):
-            tensors = load_safetensors(st)
-        elif os.path.exists(pt):
-            tensors = torch.load(pt, map_location="cpu", weights_only=True)
-        else:
+        if not os.path.exists(st) and not os.path.exists(pt):
             raise FileNotFoundError(f"{path} holds neither model.safetensors nor pytorch_model.bin")
+        tensors = load_safetensors(st) if os.path.exists(st) else torch.load(
+            pt, map_location="cpu", weights_only=True)
         if "scale_decoder_outputs" in hf:  # transformers >= 5: tie_word_embeddings is always true,
             # this says if logits are rescaled, and an lm_head.weight unlike shared.weight unties
             cfg.tie_word_embeddings = bool(hf["scale_decoder_outputs"])  # we tie iff we rescale
@@ -403,26 +395,28 @@ class T5(nn.Module):
         save_safetensors({names[k]: v for k, v in self.state_dict().items()},
                          os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
 
+# Our parameter names -> Hugging Face's, one re.sub after another. HF numbers the sub-layers of a
+# block (layer.0 self-attention, the decoder's layer.1 cross-attention, then the MLP) and keeps a
+# stack's relative position bias in its first block.
+HF_RENAMES = [(r"^(\w+)\.(relative_attention_bias)", r"\1.block.0.layer.0.SelfAttention.\2"),
+              (r"\.(self_)?attn_norm\.", ".layer.0.layer_norm."),
+              (r"\.(self_)?attn\.", ".layer.0.SelfAttention."),
+              (r"\.cross_attn_norm\.", ".layer.1.layer_norm."),
+              (r"\.cross_attn\.", ".layer.1.EncDecAttention."),
+              (r"^(encoder\.block\.\d+)\.mlp", r"\1.layer.1.mlp"),
+              (r"^(decoder\.block\.\d+)\.mlp", r"\1.layer.2.mlp"),
+              (r"\.mlp_norm\.", ".layer_norm."), (r"\.mlp\.", ".DenseReluDense.")]
+
 def hf_names(cfg: T5Config) -> dict:
     """Our parameter name -> Hugging Face T5ForConditionalGeneration name."""
-    ff = ["wi_0", "wi_1", "wo"] if cfg.feed_forward_proj == "gated-gelu" else ["wi", "wo"]
-    m = {k: k for k in ["shared.weight"] + ["lm_head.weight"] * (not cfg.tie_word_embeddings)}
-    for stack, n, layers in (("encoder", cfg.num_layers, [("attn", "SelfAttention")]),
-                             ("decoder", cfg.num_decoder_layers,
-                              [("self_attn", "SelfAttention"), ("cross_attn", "EncDecAttention")])):
-        m[f"{stack}.final_layer_norm.weight"] = f"{stack}.final_layer_norm.weight"
-        m[f"{stack}.relative_attention_bias.weight"] = (  # HF: in the first block
-            f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
-        for i in range(n):
-            ours, theirs = f"{stack}.block.{i}.", f"{stack}.block.{i}.layer."
-            for j, (attn, hf_attn) in enumerate(layers):
-                m[f"{ours}{attn}_norm.weight"] = f"{theirs}{j}.layer_norm.weight"
-                m |= {f"{ours}{attn}.{w}.weight": f"{theirs}{j}.{hf_attn}.{w}.weight"
-                      for w in "qkvo"}
-            j = len(layers)  # the MLP comes after the attention sub-layers
-            m[f"{ours}mlp_norm.weight"] = f"{theirs}{j}.layer_norm.weight"
-            m |= {f"{ours}mlp.{w}.weight": f"{theirs}{j}.DenseReluDense.{w}.weight" for w in ff}
-    return m
+    with torch.device("meta"):
+        ours = T5(cfg).state_dict()
+    out = {}
+    for name in ours:
+        out[name] = name
+        for pattern, repl in HF_RENAMES:
+            out[name] = re.sub(pattern, repl, out[name])
+    return out
 
 _ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")  # of shared.weight
 
@@ -435,13 +429,12 @@ def _same(a, b) -> bool:
 def hf_to_ours(tensors: dict, model: T5) -> dict:
     """Rename a HF state dict onto `model`'s names, checking names and shapes, and that the
     embedding's aliases (and a tied lm_head.weight) equal it; one error lists every fault."""
-    tensors, problems, out, emb = dict(tensors), [], {}, _embedding(tensors)
-    if emb is not None:
-        tensors["shared.weight"] = emb
+    tensors, problems, emb = dict(tensors), [], _embedding(tensors)
+    tensors["shared.weight"] = emb  # None (no embedding at all) is reported missing below
     for alias in _ALIASES + ("lm_head.weight",) * model.config.tie_word_embeddings:
         if alias in tensors and not _same(tensors.pop(alias), emb):
             problems.append(f"tensor {alias!r} differs from shared.weight, whose tied copy it is")
-    expected, names = model.state_dict(), hf_names(model.config)
+    names, expected = hf_names(model.config), model.state_dict()
     for ours, theirs in names.items():
         t, want = tensors.get(theirs), tuple(expected[ours].shape)
         if t is None:
@@ -449,14 +442,12 @@ def hf_to_ours(tensors: dict, model: T5) -> dict:
         elif tuple(t.shape) != want:
             problems.append(f"tensor {theirs!r} has shape {tuple(t.shape)}, expected {want} "
                             f"(for {ours})")
-        else:
-            out[ours] = t
     problems += [f"unexpected tensor {k!r}" for k in sorted(set(tensors) - set(names.values()))
                  # old HF files also saved an unused cross-attention position bias
                  if not k.endswith("EncDecAttention.relative_attention_bias.weight")]
     if problems:
         raise UserError("checkpoint does not match the T5 config: " + "; ".join(problems))
-    return out
+    return {ours: tensors[theirs] for ours, theirs in names.items()}
 
 # safetensors: 8-byte little-endian header size, JSON header, raw little-endian tensor bytes
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
@@ -488,15 +479,12 @@ def load_safetensors(path) -> dict:
     header.pop("__metadata__", None)
     data = torch.frombuffer(buf, dtype=torch.uint8)[8 + n:]
     for name, info in header.items():
-        if info["dtype"] not in SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        dtype, shape = SAFETENSORS_DTYPES[info["dtype"]], info["shape"]
-        lo, hi = info["data_offsets"]
+        dtype, (lo, hi) = SAFETENSORS_DTYPES.get(info["dtype"]), info["data_offsets"]
         raw = data[lo:hi].clone()  # own, aligned memory: the file image is dropped
-        if hi - lo != math.prod(shape) * dtype.itemsize or len(raw) != hi - lo:
-            raise ValueError(f"{path}: tensor {name!r} has data_offsets {[lo, hi]} that do not "
-                             f"fit shape {shape} of {info['dtype']}")
-        out[name] = raw.view(dtype).reshape(shape)
+        if dtype is None or not len(raw) == hi - lo == math.prod(info["shape"]) * dtype.itemsize:
+            raise ValueError(f"{path}: tensor {name!r}: unsupported dtype {info['dtype']}, or "
+                             f"data_offsets {[lo, hi]} that do not fit its shape {info['shape']}")
+        out[name] = raw.view(dtype).reshape(info["shape"])
     return out
 
 @torch.no_grad()
