@@ -171,67 +171,57 @@ class DecoderBlock(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def forward(self, x, self_mask, enc, cross_mask, cache=None, pos=None):
-        # cache: (self-attention k/v buffers, cross-attention k/v) when decoding step by step
-        h = self.self_attn(self.self_attn_norm(x), self_mask, cache=cache and cache[0], pos=pos)
-        x = x + self.dropout(h)
-        h = self.cross_attn(self.cross_attn_norm(x), cross_mask, enc, cache=cache and cache[1])
-        x = x + self.dropout(h)
+        c = cache or (None, None)  # (self-attention k/v buffers, cross-attention k/v) in decoding
+        x = x + self.dropout(self.self_attn(self.self_attn_norm(x), self_mask, None, c[0], pos))
+        x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), cross_mask, enc, c[1]))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
-
-class Stack(nn.Module):
-    """Encoder or decoder: blocks sharing one relative position bias table, then a final norm."""
-    def __init__(self, cfg, decoder):
-        super().__init__()
-        self.cfg, self.is_decoder = cfg, decoder
-        self.relative_attention_bias = nn.Embedding(cfg.relative_attention_num_buckets,
-                                                    cfg.num_heads)
-        n = cfg.num_decoder_layers if decoder else cfg.num_layers
-        self.block = nn.ModuleList([(DecoderBlock if decoder else EncoderBlock)(cfg)
-                                    for _ in range(n)])
-        self.final_layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
-        self.dropout = nn.Dropout(cfg.dropout_rate)
-
-    def position_bias(self, q_len, k_len, offset=0):
-        """[1, H, q_len, k_len] bias for queries at offset.. and keys at 0..; once per forward."""
-        c, dev = self.cfg, self.relative_attention_bias.weight.device
-        q_pos = torch.arange(offset, offset + q_len, device=dev)[:, None]
-        rel = torch.arange(k_len, device=dev) - q_pos  # key - query
-        buckets = relative_position_bucket(rel, not self.is_decoder,
-                                           c.relative_attention_num_buckets,
-                                           c.relative_attention_max_distance)
-        return self.relative_attention_bias(buckets).permute(2, 0, 1).unsqueeze(0)  # [1, H, q, k]
 
 class T5(nn.Module):
     def __init__(self, config: T5Config):
         super().__init__()
-        self.config = config
-        self.shared = nn.Embedding(config.vocab_size, config.d_model)
-        self.encoder, self.decoder = Stack(config, decoder=False), Stack(config, decoder=True)
-        if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.config, c = config, config
+        self.shared = nn.Embedding(c.vocab_size, c.d_model)
+        # encoder and decoder: blocks sharing one relative position bias table, then a final norm
+        self.encoder, self.decoder = (nn.ModuleDict(dict(
+            relative_attention_bias=nn.Embedding(c.relative_attention_num_buckets, c.num_heads),
+            block=nn.ModuleList([Block(c) for _ in range(n)]),
+            final_layer_norm=RMSNorm(c.d_model, c.layer_norm_epsilon)))
+            for Block, n in ((EncoderBlock, c.num_layers), (DecoderBlock, c.num_decoder_layers)))
+        if not c.tie_word_embeddings:
+            self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.dropout = nn.Dropout(c.dropout_rate)  # on the embeddings and the final norms' output
         init_weights(self)
+
+    def position_bias(self, stack, q_len, k_len, offset=0):
+        """`stack`'s [1, H, q_len, k_len] bias for queries at offset.. and keys at 0.."""
+        c, dev = self.config, stack.relative_attention_bias.weight.device
+        q_pos = torch.arange(offset, offset + q_len, device=dev)[:, None]
+        buckets = relative_position_bucket(torch.arange(k_len, device=dev) - q_pos,  # key - query
+                                           stack is self.encoder, c.relative_attention_num_buckets,
+                                           c.relative_attention_max_distance)
+        return stack.relative_attention_bias(buckets).permute(2, 0, 1).unsqueeze(0)
 
     def encode(self, input_ids, attention_mask=None):
         """Encoder output [B, S, d] and its additive key mask [B, 1, 1, S] (default: non-pad)."""
         if attention_mask is None:
             attention_mask = input_ids != self.config.pad_token_id
         pad_mask = (1.0 - attention_mask[:, None, None, :].float()) * NEG_INF
-        mask = self.encoder.position_bias(input_ids.shape[1], input_ids.shape[1]) + pad_mask
-        x = self.encoder.dropout(self.shared(input_ids))
+        mask = self.position_bias(self.encoder, input_ids.shape[1], input_ids.shape[1]) + pad_mask
+        x = self.dropout(self.shared(input_ids))
         for block in self.encoder.block:
             x = block(x, mask)
-        return self.encoder.dropout(self.encoder.final_layer_norm(x)), pad_mask
+        return self.dropout(self.encoder.final_layer_norm(x)), pad_mask
 
     def decode(self, decoder_input_ids, enc, cross_mask, cache=None, pos=0):
         """Logits for the decoder input, or with generate's KV cache for one token at `pos`."""
         T = decoder_input_ids.shape[1]
-        mask = self.decoder.position_bias(T, pos + T, offset=pos)  # [1, H, T, pos + T]
+        mask = self.position_bias(self.decoder, T, pos + T, offset=pos)  # [1, H, T, pos + T]
         if cache is None:  # mask keys after the query (a cached step has none)
             mask = mask + torch.full((T, T), NEG_INF, device=enc.device).triu(1)
-        x = self.decoder.dropout(self.shared(decoder_input_ids))
+        x = self.dropout(self.shared(decoder_input_ids))
         for block, c in zip(self.decoder.block, cache or [None] * len(self.decoder.block)):
             x = block(x, mask, enc, cross_mask, cache=c, pos=pos)
-        x = self.decoder.dropout(self.decoder.final_layer_norm(x))
+        x = self.dropout(self.decoder.final_layer_norm(x))
         if self.config.tie_word_embeddings:  # Mesh TF / T5X rescale before the tied projection
             return F.linear(x * self.config.d_model ** -0.5, self.shared.weight)
         return self.lm_head(x)
@@ -274,11 +264,9 @@ class T5(nn.Module):
                              f"num_beams >= 1, > 1 for return_all_beams (got {num_beams})")
         was_training = self.training
         enc, cross_mask = self.eval().encode(input_ids, attention_mask)  # eval: no dropout
-        if num_beams == 1:
-            out = self._greedy(enc, cross_mask, max_new_tokens)
-        else:
-            out = self._beam_search(enc, cross_mask, max_new_tokens, num_beams, length_penalty,
-                                    return_all_beams)
+        out = (self._greedy(enc, cross_mask, max_new_tokens) if num_beams == 1 else
+               self._beam_search(enc, cross_mask, max_new_tokens, num_beams, length_penalty,
+                                 return_all_beams))
         self.train(was_training)
         return out
 
@@ -297,19 +285,17 @@ class T5(nn.Module):
 
     def _beam_search(self, enc, cross_mask, L, K, alpha, return_all_beams):
         """Batch x beams at once: row b*K + k of every [B*K, ...] tensor is batch b, beam k."""
-        cfg, B, dev = self.config, enc.shape[0], enc.device
+        cfg, B, V, dev = self.config, enc.shape[0], self.config.vocab_size, enc.device
         bp = lambda n: ((5.0 + n) / 6.0) ** alpha  # noqa: E731  T5X's brevity penalty
         enc, cross_mask = enc.repeat_interleave(K, 0), cross_mask.repeat_interleave(K, 0)
         cache = self._start_cache(enc, L)
         # every beam starts as the empty sequence; only beam 0 counts (the others are copies)
-        alive_seq = torch.zeros(B, K, L, dtype=torch.long, device=dev)
+        alive_seq = fin_seq = torch.zeros(B, K, L, dtype=torch.long, device=dev)
         alive_lp = torch.tensor([0.0] + [-1e7] * (K - 1), device=dev).repeat(B, 1)
-        fin_seq, fin_score = torch.zeros_like(alive_seq), torch.full((B, K), -1e7, device=dev)
-        fin_flag = torch.zeros(B, K, dtype=torch.bool, device=dev)
+        fin_score, fin_flag = torch.full_like(alive_lp, -1e7), torch.zeros_like(alive_lp).bool()
         tokens = torch.full((B * K, 1), cfg.decoder_start_token_id, dtype=torch.long, device=dev)
         for pos in range(L):
             logits = self.decode(tokens, enc, cross_mask, cache, pos)[:, -1].float()
-            V = logits.shape[-1]
             cand = (torch.log_softmax(logits, -1).view(B, K, V) + alive_lp[:, :, None]).view(B, -1)
             # top 2K: even if K of them end in EOS (one per beam at most), K remain to continue
             top_lp, top_idx = cand.topk(2 * K, dim=-1)  # [B, 2K]
@@ -348,14 +334,13 @@ class T5(nn.Module):
         """Matmul FLOPs (2*m*n*k each) of one forward per target token, for src_len -> tgt_len:
         every projection, attention's score and value matmuls (dense: the causal half too, as the
         kernels do), the encoder spread over the target tokens; no norms, softmax or loss."""
-        c = self.config
+        c, S, T = self.config, src_len, tgt_len
         inner, n_ff = c.num_heads * c.d_kv, 3 if c.feed_forward_proj == "gated-gelu" else 2
-        proj, mlp = 2 * 4 * c.d_model * inner, 2 * n_ff * c.d_model * c.d_ff
-        enc = c.num_layers * src_len * (proj + mlp + 2 * 2 * src_len * inner)
-        self_attn, cross_qo = proj + 2 * 2 * tgt_len * inner, proj // 2 + 2 * 2 * src_len * inner
-        dec = c.num_decoder_layers * tgt_len * (self_attn + cross_qo + mlp)
-        cross_kv = c.num_decoder_layers * src_len * proj // 2  # on the encoder output, per layer
-        return (enc + dec + cross_kv + tgt_len * 2 * c.d_model * c.vocab_size) / tgt_len
+        two, mlp = 2 * 2 * c.d_model * inner, 2 * n_ff * c.d_model * c.d_ff  # two: 2 projections
+        enc = c.num_layers * S * (2 * two + mlp + 2 * 2 * S * inner)
+        # per target token: self-attention, cross-attention's q and o; k and v per source token
+        dec = c.num_decoder_layers * (T * (3 * two + mlp + 2 * 2 * (T + S) * inner) + S * two)
+        return (enc + dec + T * 2 * c.d_model * c.vocab_size) / T
 
     @classmethod
     def from_pretrained(cls, path) -> "T5":
@@ -368,8 +353,8 @@ class T5(nn.Module):
         st, pt = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
         if not os.path.exists(st) and not os.path.exists(pt):
             raise FileNotFoundError(f"{path} holds neither model.safetensors nor pytorch_model.bin")
-        tensors = load_safetensors(st) if os.path.exists(st) else torch.load(
-            pt, map_location="cpu", weights_only=True)
+        tensors = (load_safetensors(st) if os.path.exists(st)
+                   else torch.load(pt, map_location="cpu", weights_only=True))
         if "scale_decoder_outputs" in hf:  # transformers >= 5: tie_word_embeddings is always true,
             # this says if logits are rescaled, and an lm_head.weight unlike shared.weight unties
             cfg.tie_word_embeddings = bool(hf["scale_decoder_outputs"])  # we tie iff we rescale
@@ -418,22 +403,23 @@ def hf_names(cfg: T5Config) -> dict:
             out[name] = re.sub(pattern, repl, out[name])
     return out
 
-_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")  # of shared.weight
+# HF files may hold the embedding under these names too (old ones: all three)
+EMBEDDING_COPIES = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
-def _embedding(tensors):  # shared.weight, or an alias where a file holds only those
-    return next((tensors[k] for k in ("shared.weight", *_ALIASES) if k in tensors), None)
+def _embedding(tensors):  # shared.weight, or the first copy where a file has no shared.weight
+    return next((tensors[k] for k in EMBEDDING_COPIES if k in tensors), None)
 
 def _same(a, b) -> bool:
     return b is not None and torch.equal(a, b)
 
 def hf_to_ours(tensors: dict, model: T5) -> dict:
     """Rename a HF state dict onto `model`'s names, checking names and shapes, and that the
-    embedding's aliases (and a tied lm_head.weight) equal it; one error lists every fault."""
-    tensors, problems, emb = dict(tensors), [], _embedding(tensors)
-    tensors["shared.weight"] = emb  # None (no embedding at all) is reported missing below
-    for alias in _ALIASES + ("lm_head.weight",) * model.config.tie_word_embeddings:
-        if alias in tensors and not _same(tensors.pop(alias), emb):
-            problems.append(f"tensor {alias!r} differs from shared.weight, whose tied copy it is")
+    embedding's copies (and a tied lm_head.weight) equal it; one error lists every fault."""
+    tensors, emb = dict(tensors), _embedding(tensors)
+    tensors["shared.weight"] = emb  # None: reported missing below
+    copies = EMBEDDING_COPIES[1:] + ("lm_head.weight",) * model.config.tie_word_embeddings
+    problems = [f"tensor {k!r} differs from shared.weight, whose tied copy it is" for k in copies
+                if k in tensors and not _same(tensors.pop(k), emb)]
     names, expected = hf_names(model.config), model.state_dict()
     for ours, theirs in names.items():
         t, want = tensors.get(theirs), tuple(expected[ours].shape)

@@ -211,10 +211,10 @@ def test_relative_position_buckets_by_hand():
     assert relative_position_bucket(rel, bidirectional=False).tolist() == want
     # the stacks use key - query, and the decoder's step offset lines up with the full matrix
     model = tiny()
-    full = model.decoder.position_bias(6, 6)
-    assert torch.equal(model.decoder.position_bias(1, 6, offset=5), full[:, :, 5:6])
+    full = model.position_bias(model.decoder, 6, 6)
+    assert torch.equal(model.position_bias(model.decoder, 1, 6, offset=5), full[:, :, 5:6])
     table = model.encoder.relative_attention_bias.weight
-    bias = model.encoder.position_bias(3, 3)
+    bias = model.position_bias(model.encoder, 3, 3)
     assert torch.equal(bias[0, :, 0, 2], table[18])  # +2
     assert torch.equal(bias[0, :, 2, 0], table[2])  # -2
 
