@@ -10,8 +10,6 @@ Reading order: model.py (here), tokenizer.py, tasks.py, ... Next: tokenizer.py.
 """
 import json
 import math
-import json
-import math
 import os
 import re
 from dataclasses import asdict, dataclass, fields, replace
@@ -115,16 +113,12 @@ class Attention(nn.Module):
 
     def forward(self, x, mask, source=None, cache=None, pos=None):
         B, T, _ = x.shape
-        q = self.heads(self.q(x))
-        if cache is None:
-            src = x if source is None else source
-            k, v = self.heads(self.k(src)), self.heads(self.v(src))
-        else:
-            k, v = cache
-            if pos is not None:  # self-attention decoding: append this step's keys and values
-                k[:, :, pos:pos + T] = self.heads(self.k(x))
-                v[:, :, pos:pos + T] = self.heads(self.v(x))
-                k, v = k[:, :, :pos + T], v[:, :, :pos + T]
+        q, src = self.heads(self.q(x)), x if source is None else source
+        k, v = cache or (self.heads(self.k(src)), self.heads(self.v(src)))
+        if cache and pos is not None:  # self-attention decoding: this step's k, v into the buffers
+            for buf, proj in zip(cache, (self.k, self.v)):
+                buf[:, :, pos:pos + T] = self.heads(proj(x))
+            k, v = k[:, :, :pos + T], v[:, :, :pos + T]
         p = self.dropout if self.training else 0.0
         if self.use_sdpa:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=1.0)
@@ -138,8 +132,7 @@ class MLP(nn.Module):
         super().__init__()
         self.gated = cfg.feed_forward_proj == "gated-gelu"
         if self.gated:  # v1.1's GEGLU, with the tanh GELU T5 v1.1 uses ("gelu_new")
-            self.wi_0 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-            self.wi_1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+            self.wi_0, self.wi_1 = (nn.Linear(cfg.d_model, cfg.d_ff, bias=False) for _ in "01")
         else:
             self.wi = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
@@ -150,30 +143,22 @@ class MLP(nn.Module):
             return self.wo(self.dropout(F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x)))
         return self.wo(self.dropout(F.relu(self.wi(x))))
 
-class EncoderBlock(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.attn_norm, self.attn = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon), Attention(cfg)
-        self.mlp_norm, self.mlp = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon), MLP(cfg)
-        self.dropout = nn.Dropout(cfg.dropout_rate)
-
-    def forward(self, x, mask):
-        x = x + self.dropout(self.attn(self.attn_norm(x), mask))
-        return x + self.dropout(self.mlp(self.mlp_norm(x)))
-
-class DecoderBlock(nn.Module):
-    def __init__(self, cfg):
+class Block(nn.Module):
+    """Pre-norm residual sub-layers: self-attention, cross-attention (decoder only), MLP."""
+    def __init__(self, cfg, cross: bool):
         super().__init__()
         d, eps = cfg.d_model, cfg.layer_norm_epsilon
-        self.self_attn_norm, self.self_attn = RMSNorm(d, eps), Attention(cfg)
-        self.cross_attn_norm, self.cross_attn = RMSNorm(d, eps), Attention(cfg)
+        self.attn_norm, self.attn = RMSNorm(d, eps), Attention(cfg)
+        if cross:
+            self.cross_attn_norm, self.cross_attn = RMSNorm(d, eps), Attention(cfg)
         self.mlp_norm, self.mlp = RMSNorm(d, eps), MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
-    def forward(self, x, self_mask, enc, cross_mask, cache=None, pos=None):
-        c = cache or (None, None)  # (self-attention k/v buffers, cross-attention k/v) in decoding
-        x = x + self.dropout(self.self_attn(self.self_attn_norm(x), self_mask, None, c[0], pos))
-        x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), cross_mask, enc, c[1]))
+    def forward(self, x, mask, enc=None, cross_mask=None, cache=None, pos=None):
+        c = cache or (None, None)  # decoding: (self-attention k/v buffers, cross-attention k/v)
+        x = x + self.dropout(self.attn(self.attn_norm(x), mask, None, c[0], pos))
+        if enc is not None:
+            x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), cross_mask, enc, c[1]))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 class T5(nn.Module):
@@ -184,9 +169,9 @@ class T5(nn.Module):
         # encoder and decoder: blocks sharing one relative position bias table, then a final norm
         self.encoder, self.decoder = (nn.ModuleDict(dict(
             relative_attention_bias=nn.Embedding(c.relative_attention_num_buckets, c.num_heads),
-            block=nn.ModuleList([Block(c) for _ in range(n)]),
+            block=nn.ModuleList([Block(c, cross) for _ in range(n)]),
             final_layer_norm=RMSNorm(c.d_model, c.layer_norm_epsilon)))
-            for Block, n in ((EncoderBlock, c.num_layers), (DecoderBlock, c.num_decoder_layers)))
+            for cross, n in ((False, c.num_layers), (True, c.num_decoder_layers)))
         if not c.tie_word_embeddings:
             self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.dropout = nn.Dropout(c.dropout_rate)  # on the embeddings and the final norms' output
@@ -384,8 +369,7 @@ class T5(nn.Module):
 # block (layer.0 self-attention, the decoder's layer.1 cross-attention, then the MLP) and keeps a
 # stack's relative position bias in its first block.
 HF_RENAMES = [(r"^(\w+)\.(relative_attention_bias)", r"\1.block.0.layer.0.SelfAttention.\2"),
-              (r"\.(self_)?attn_norm\.", ".layer.0.layer_norm."),
-              (r"\.(self_)?attn\.", ".layer.0.SelfAttention."),
+              (r"\.attn_norm\.", ".layer.0.layer_norm."), (r"\.attn\.", ".layer.0.SelfAttention."),
               (r"\.cross_attn_norm\.", ".layer.1.layer_norm."),
               (r"\.cross_attn\.", ".layer.1.EncDecAttention."),
               (r"^(encoder\.block\.\d+)\.mlp", r"\1.layer.1.mlp"),
