@@ -94,11 +94,9 @@ class RMSNorm(nn.Module):
 
 class Attention(nn.Module):
     """Multi-head attention without 1/sqrt(d_kv): T5 folds it into q's init (see init_weights).
-
     `mask`: additive [1 or B, H or 1, Tq, Tk], position bias plus padding/causal masking. Keys and
-    values: from `x`, or `source` (cross-attention), or `cache=(k, v)` (cross-attention decoding),
-    or with `pos` this step's k, v go into the buffers `cache` at `pos` (self-attention decoding).
-    """
+    values: from `x` or `source` (cross-attention). Decoding passes `cache`: the encoder's k, v, or
+    with `pos` the self-attention buffers, into which this step's k, v go at `pos`."""
     use_sdpa = True  # False: the manual path (set on the class for all; tests compare the two)
 
     def __init__(self, cfg):
@@ -272,41 +270,40 @@ class T5(nn.Module):
         """Batch x beams at once: row b*K + k of every [B*K, ...] tensor is batch b, beam k."""
         cfg, B, V, dev = self.config, enc.shape[0], self.config.vocab_size, enc.device
         bp = lambda n: ((5.0 + n) / 6.0) ** alpha  # noqa: E731  T5X's brevity penalty
+        take = lambda seq, idx: seq.gather(1, idx[:, :, None].expand(-1, -1, 1 + L))  # noqa: E731
         enc, cross_mask = enc.repeat_interleave(K, 0), cross_mask.repeat_interleave(K, 0)
         cache = self._start_cache(enc, L)
-        # every beam starts as the empty sequence; only beam 0 counts (the others are copies)
-        alive_seq = fin_seq = torch.zeros(B, K, L, dtype=torch.long, device=dev)
+        # [B, K, 1 + L] ids after the start token; all beams start empty, only beam 0 counts
+        alive_seq = fin_seq = torch.full((B, K, 1 + L), cfg.decoder_start_token_id, device=dev)
         alive_lp = torch.tensor([0.0] + [-1e7] * (K - 1), device=dev).repeat(B, 1)
         fin_score, fin_flag = torch.full_like(alive_lp, -1e7), torch.zeros_like(alive_lp).bool()
-        tokens = torch.full((B * K, 1), cfg.decoder_start_token_id, dtype=torch.long, device=dev)
         for pos in range(L):
+            tokens = alive_seq[:, :, pos].reshape(B * K, 1)
             logits = self.decode(tokens, enc, cross_mask, cache, pos)[:, -1].float()
             cand = (torch.log_softmax(logits, -1).view(B, K, V) + alive_lp[:, :, None]).view(B, -1)
             # top 2K: even if K of them end in EOS (one per beam at most), K remain to continue
             top_lp, top_idx = cand.topk(2 * K, dim=-1)  # [B, 2K]
             src_beam, tok = top_idx // V, top_idx % V
-            seq = alive_seq.gather(1, src_beam[:, :, None].expand(B, 2 * K, L))  # [B, 2K, L]
-            seq[:, :, pos] = tok
+            seq = take(alive_seq, src_beam)  # [B, 2K, 1 + L]
+            seq[:, :, pos + 1] = tok
             eos = tok == cfg.eos_token_id
             # alive: the K best that did not just end; each one's cache follows its parent beam
             alive_lp, a_idx = top_lp.masked_fill(eos, -1e7 * 2).topk(K, dim=-1)
-            alive_seq = seq.gather(1, a_idx[:, :, None].expand(B, K, L))
+            alive_seq = take(seq, a_idx)
             rows = (torch.arange(B, device=dev)[:, None] * K + src_beam.gather(1, a_idx)).view(-1)
             for buf in [kv for self_kv, _ in cache for kv in self_kv]:
                 buf[:, :, :pos + 1] = buf[rows, :, :pos + 1]
             # finished: merge the newly ended (penalised by their length) into the K best so far
             new_score = torch.where(eos, top_lp / bp(pos + 1), torch.full_like(top_lp, -1e7))
             fin_score, f_idx = torch.cat([fin_score, new_score], 1).topk(K, dim=-1)
-            fin_seq = torch.cat([fin_seq, seq], 1).gather(1, f_idx[:, :, None].expand(B, K, L))
+            fin_seq = take(torch.cat([fin_seq, seq], 1), f_idx)
             fin_flag = torch.cat([fin_flag, eos], 1).gather(1, f_idx)
-            tokens = alive_seq[:, :, pos].reshape(B * K, 1)
-            # stop once no alive beam can beat the worst finished one even at the longest length
-            # (log p only falls as a beam grows, and a longer length divides by a larger penalty)
+            # stop once no alive beam can beat the worst finished one (log p only falls with length)
             worst_fin = torch.where(fin_flag.all(1), fin_score.min(1).values, -1e7)
             if bool((worst_fin > alive_lp[:, 0] / bp(L)).all()):
                 break
         none = ~fin_flag.any(1)  # a row where nothing finished returns its alive beams, as T5X does
-        fin_seq = torch.where(none[:, None, None], alive_seq, fin_seq)[:, :, :pos + 1]
+        fin_seq = torch.where(none[:, None, None], alive_seq, fin_seq)[:, :, 1:pos + 2]
         fin_score = torch.where(none[:, None], alive_lp, fin_score)
         return (fin_seq, fin_score) if return_all_beams else fin_seq[:, 0]
 
@@ -316,9 +313,8 @@ class T5(nn.Module):
         return sum(p.numel() for k, p in self.named_parameters() if k not in skip)
 
     def flops_per_token(self, src_len, tgt_len) -> float:
-        """Matmul FLOPs (2*m*n*k each) of one forward per target token, for src_len -> tgt_len:
-        every projection, attention's score and value matmuls (dense: the causal half too, as the
-        kernels do), the encoder spread over the target tokens; no norms, softmax or loss."""
+        """Matmul FLOPs (2*m*n*k each) of one forward per target token, the encoder's spread over
+        them: projections, attention scores and values (the causal half too, as kernels do)."""
         c, S, T = self.config, src_len, tgt_len
         inner, n_ff = c.num_heads * c.d_kv, 3 if c.feed_forward_proj == "gated-gelu" else 2
         two, mlp = 2 * 2 * c.d_model * inner, 2 * n_ff * c.d_model * c.d_ff  # two: 2 projections
@@ -344,7 +340,8 @@ class T5(nn.Module):
             # this says if logits are rescaled, and an lm_head.weight unlike shared.weight unties
             cfg.tie_word_embeddings = bool(hf["scale_decoder_outputs"])  # we tie iff we rescale
             lm = tensors.get("lm_head.weight")
-            if not cfg.tie_word_embeddings and (lm is None or _same(lm, _embedding(tensors))):
+            if not cfg.tie_word_embeddings and (lm is None or any(
+                    torch.equal(lm, tensors[k]) for k in EMBEDDING_COPIES if k in tensors)):
                 raise UserError(f"{path}: scale_decoder_outputs=false with lm_head.weight absent "
                                 "or equal to shared.weight: tied embeddings without the logit "
                                 "rescale, which this T5 cannot represent")
@@ -365,9 +362,8 @@ class T5(nn.Module):
         save_safetensors({names[k]: v for k, v in self.state_dict().items()},
                          os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
 
-# Our parameter names -> Hugging Face's, one re.sub after another. HF numbers the sub-layers of a
-# block (layer.0 self-attention, the decoder's layer.1 cross-attention, then the MLP) and keeps a
-# stack's relative position bias in its first block.
+# Our parameter names -> Hugging Face's, one re.sub after another. HF numbers a block's sub-layers
+# (self-attention, decoder: cross-attention, MLP), keeps the position bias in block 0's layer 0.
 HF_RENAMES = [(r"^(\w+)\.(relative_attention_bias)", r"\1.block.0.layer.0.SelfAttention.\2"),
               (r"\.attn_norm\.", ".layer.0.layer_norm."), (r"\.attn\.", ".layer.0.SelfAttention."),
               (r"\.cross_attn_norm\.", ".layer.1.layer_norm."),
@@ -387,23 +383,18 @@ def hf_names(cfg: T5Config) -> dict:
             out[name] = re.sub(pattern, repl, out[name])
     return out
 
-# HF files may hold the embedding under these names too (old ones: all three)
+# HF files may hold the embedding under any of these names (old ones: all three, and lm_head)
 EMBEDDING_COPIES = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
-
-def _embedding(tensors):  # shared.weight, or the first copy where a file has no shared.weight
-    return next((tensors[k] for k in EMBEDDING_COPIES if k in tensors), None)
-
-def _same(a, b) -> bool:
-    return b is not None and torch.equal(a, b)
 
 def hf_to_ours(tensors: dict, model: T5) -> dict:
     """Rename a HF state dict onto `model`'s names, checking names and shapes, and that the
-    embedding's copies (and a tied lm_head.weight) equal it; one error lists every fault."""
-    tensors, emb = dict(tensors), _embedding(tensors)
-    tensors["shared.weight"] = emb  # None: reported missing below
-    copies = EMBEDDING_COPIES[1:] + ("lm_head.weight",) * model.config.tie_word_embeddings
-    problems = [f"tensor {k!r} differs from shared.weight, whose tied copy it is" for k in copies
-                if k in tensors and not _same(tensors.pop(k), emb)]
+    embedding's copies (and a tied lm_head.weight) are equal; one error lists every fault."""
+    tensors, tied = dict(tensors), model.config.tie_word_embeddings
+    copies = [k for k in EMBEDDING_COPIES + ("lm_head.weight",) * tied if k in tensors]
+    if copies:  # the first becomes shared.weight, the others must equal it
+        emb = tensors["shared.weight"] = tensors.pop(copies[0])
+    problems = [f"tensor {k!r} differs from shared.weight, whose tied copy it is"
+                for k in copies[1:] if not torch.equal(tensors.pop(k), emb)]
     names, expected = hf_names(model.config), model.state_dict()
     for ours, theirs in names.items():
         t, want = tensors.get(theirs), tuple(expected[ours].shape)
@@ -433,8 +424,7 @@ def save_safetensors(tensors: dict, path, metadata=None):
             raise ValueError(f"tensor {name!r}: dtype {t.dtype} is not supported by safetensors")
         raws.append(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         header[name] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(raws[-1])]}
-        offset += len(raws[-1])
+                        "data_offsets": [offset, offset := offset + len(raws[-1])]}
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # data starts 8-byte aligned, as the reference writer does
     atomic_write(path, b"".join([len(head).to_bytes(8, "little"), head, *raws]))
