@@ -245,26 +245,24 @@ class T5(nn.Module):
         if max_new_tokens < 1 or num_beams < 1 or (num_beams == 1 and return_all_beams):
             raise ValueError(f"generate needs max_new_tokens >= 1 (got {max_new_tokens}) and "
                              f"num_beams >= 1, > 1 for return_all_beams (got {num_beams})")
-        was_training = self.training
+        was_training, cfg = self.training, self.config
         enc, cross_mask = self.eval().encode(input_ids, attention_mask)  # eval: no dropout
-        out = (self._greedy(enc, cross_mask, max_new_tokens) if num_beams == 1 else
-               self._beam_search(enc, cross_mask, max_new_tokens, num_beams, length_penalty,
-                                 return_all_beams))
+        if num_beams > 1:
+            out = self._beam_search(enc, cross_mask, max_new_tokens, num_beams, length_penalty,
+                                    return_all_beams)
+        else:  # greedy, all rows at once
+            cache, B = self._start_cache(enc, max_new_tokens), enc.shape[0]
+            out = [torch.full((B,), cfg.decoder_start_token_id, device=enc.device)]
+            done = torch.zeros(B, dtype=torch.bool, device=enc.device)
+            for pos in range(max_new_tokens):
+                nxt = self.decode(out[-1][:, None], enc, cross_mask, cache, pos)[:, -1].argmax(-1)
+                out.append(nxt.masked_fill(done, cfg.pad_token_id))  # past their EOS: only pad
+                done |= out[-1] == cfg.eos_token_id
+                if done.all():
+                    break
+            out = torch.stack(out[1:], 1)
         self.train(was_training)
         return out
-
-    def _greedy(self, enc, cross_mask, max_new_tokens):
-        cfg, B = self.config, enc.shape[0]
-        cache = self._start_cache(enc, max_new_tokens)
-        out = [torch.full((B,), cfg.decoder_start_token_id, dtype=torch.long, device=enc.device)]
-        done = torch.zeros(B, dtype=torch.bool, device=enc.device)
-        for pos in range(max_new_tokens):
-            nxt = self.decode(out[-1][:, None], enc, cross_mask, cache, pos)[:, -1].argmax(-1)
-            out.append(nxt.masked_fill(done, cfg.pad_token_id))  # rows past their EOS only pad
-            done |= out[-1] == cfg.eos_token_id
-            if done.all():
-                break
-        return torch.stack(out[1:], 1)
 
     def _beam_search(self, enc, cross_mask, L, K, alpha, return_all_beams):
         """Batch x beams at once: row b*K + k of every [B*K, ...] tensor is batch b, beam k."""
@@ -307,10 +305,8 @@ class T5(nn.Module):
         fin_score = torch.where(none[:, None], alive_lp, fin_score)
         return (fin_seq, fin_score) if return_all_beams else fin_seq[:, 0]
 
-    def num_params(self, non_embedding=False) -> int:
-        """Parameter count; non_embedding=True leaves out the embedding and an untied lm_head."""
-        skip = ("shared.weight", "lm_head.weight") if non_embedding else ()
-        return sum(p.numel() for k, p in self.named_parameters() if k not in skip)
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # a tied lm_head is `shared`, counted once
 
     def flops_per_token(self, src_len, tgt_len) -> float:
         """Matmul FLOPs (2*m*n*k each) of one forward per target token, the encoder's spread over
@@ -342,9 +338,9 @@ class T5(nn.Module):
             lm = tensors.get("lm_head.weight")
             if not cfg.tie_word_embeddings and (lm is None or any(
                     torch.equal(lm, tensors[k]) for k in EMBEDDING_COPIES if k in tensors)):
-                raise UserError(f"{path}: scale_decoder_outputs=false with lm_head.weight absent "
-                                "or equal to shared.weight: tied embeddings without the logit "
-                                "rescale, which this T5 cannot represent")
+                raise UserError(f"{path}: scale_decoder_outputs=false, no lm_head.weight unlike "
+                                "shared.weight: tied logits without the rescale, which this T5 "
+                                "cannot represent")
         with torch.device("meta"):  # skip the random init: every tensor is overwritten below
             model = cls(cfg).to_empty(device="cpu")
         model.load_state_dict(hf_to_ours(tensors, model))
@@ -365,23 +361,18 @@ class T5(nn.Module):
 # Our parameter names -> Hugging Face's, one re.sub after another. HF numbers a block's sub-layers
 # (self-attention, decoder: cross-attention, MLP), keeps the position bias in block 0's layer 0.
 HF_RENAMES = [(r"^(\w+)\.(relative_attention_bias)", r"\1.block.0.layer.0.SelfAttention.\2"),
-              (r"\.attn_norm\.", ".layer.0.layer_norm."), (r"\.attn\.", ".layer.0.SelfAttention."),
-              (r"\.cross_attn_norm\.", ".layer.1.layer_norm."),
-              (r"\.cross_attn\.", ".layer.1.EncDecAttention."),
-              (r"^(encoder\.block\.\d+)\.mlp", r"\1.layer.1.mlp"),
-              (r"^(decoder\.block\.\d+)\.mlp", r"\1.layer.2.mlp"),
-              (r"\.mlp_norm\.", ".layer_norm."), (r"\.mlp\.", ".DenseReluDense.")]
+              (r"\.attn", ".layer.0.SelfAttention"), (r"\.cross_attn", ".layer.1.EncDecAttention"),
+              (r"^(encoder\.block\.\d+)\.mlp", r"\1.layer.1.DenseReluDense"),
+              (r"^(decoder\.block\.\d+)\.mlp", r"\1.layer.2.DenseReluDense"),
+              (r"(layer\.\d)\.\w+_norm", r"\1.layer_norm")]  # e.g. layer.0.SelfAttention_norm
 
 def hf_names(cfg: T5Config) -> dict:
     """Our parameter name -> Hugging Face T5ForConditionalGeneration name."""
     with torch.device("meta"):
-        ours = T5(cfg).state_dict()
-    out = {}
-    for name in ours:
-        out[name] = name
-        for pattern, repl in HF_RENAMES:
-            out[name] = re.sub(pattern, repl, out[name])
-    return out
+        theirs = ours = list(T5(cfg).state_dict())
+    for pattern, repl in HF_RENAMES:
+        theirs = [re.sub(pattern, repl, name) for name in theirs]
+    return dict(zip(ours, theirs))
 
 # HF files may hold the embedding under any of these names (old ones: all three, and lm_head)
 EMBEDDING_COPIES = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
@@ -449,9 +440,8 @@ def load_safetensors(path) -> dict:
 
 @torch.no_grad()
 def init_weights(model: T5, generator=None) -> None:
-    """T5X's default fresh init (`t5x/examples/t5/layers.py`, `network.py`), tensor by tensor.
-    nn.Linear weights are [out, in], so fan_in is shape[1]. Truncated normals are cut at +-2 sigma
-    as JAX does, sigma raised so that the result has the std asked for."""
+    """T5X's default fresh init (`t5x/examples/t5/layers.py`, `network.py`). nn.Linear weights are
+    [out, in]: fan_in is shape[1]. Truncated normals: cut at +-2 sigma as in JAX, sigma raised."""
     c = model.config
     for name, p in model.named_parameters():
         leaf = name.rsplit(".", 2)[-2]  # module name: q, k, wi_0, relative_attention_bias, ...
