@@ -81,9 +81,9 @@ def relative_position_bucket(relative_position, bidirectional, num_buckets=32, m
 
 class RMSNorm(nn.Module):
     """T5's layer norm: scale only, no mean subtraction, no bias; the variance in float32."""
-    def __init__(self, d, eps):
+    def __init__(self, cfg):
         super().__init__()
-        self.weight, self.eps = nn.Parameter(torch.ones(d)), eps
+        self.weight, self.eps = nn.Parameter(torch.ones(cfg.d_model)), cfg.layer_norm_epsilon
 
     def forward(self, x):
         var = x.float().pow(2).mean(-1, keepdim=True)
@@ -145,11 +145,10 @@ class Block(nn.Module):
     """Pre-norm residual sub-layers: self-attention, cross-attention (decoder only), MLP."""
     def __init__(self, cfg, cross: bool):
         super().__init__()
-        d, eps = cfg.d_model, cfg.layer_norm_epsilon
-        self.attn_norm, self.attn = RMSNorm(d, eps), Attention(cfg)
+        self.attn_norm, self.attn = RMSNorm(cfg), Attention(cfg)
         if cross:
-            self.cross_attn_norm, self.cross_attn = RMSNorm(d, eps), Attention(cfg)
-        self.mlp_norm, self.mlp = RMSNorm(d, eps), MLP(cfg)
+            self.cross_attn_norm, self.cross_attn = RMSNorm(cfg), Attention(cfg)
+        self.mlp_norm, self.mlp = RMSNorm(cfg), MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def forward(self, x, mask, enc=None, cross_mask=None, cache=None, pos=None):
@@ -168,7 +167,7 @@ class T5(nn.Module):
         self.encoder, self.decoder = (nn.ModuleDict(dict(
             relative_attention_bias=nn.Embedding(c.relative_attention_num_buckets, c.num_heads),
             block=nn.ModuleList([Block(c, cross) for _ in range(n)]),
-            final_layer_norm=RMSNorm(c.d_model, c.layer_norm_epsilon)))
+            final_layer_norm=RMSNorm(c)))
             for cross, n in ((False, c.num_layers), (True, c.num_decoder_layers)))
         if not c.tie_word_embeddings:
             self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
@@ -186,9 +185,8 @@ class T5(nn.Module):
 
     def encode(self, input_ids, attention_mask=None):
         """Encoder output [B, S, d] and its additive key mask [B, 1, 1, S] (default: non-pad)."""
-        if attention_mask is None:
-            attention_mask = input_ids != self.config.pad_token_id
-        pad_mask = (1.0 - attention_mask[:, None, None, :].float()) * NEG_INF
+        keep = input_ids != self.config.pad_token_id if attention_mask is None else attention_mask
+        pad_mask = (1.0 - keep[:, None, None, :].float()) * NEG_INF
         mask = self.position_bias(self.encoder, input_ids.shape[1], input_ids.shape[1]) + pad_mask
         x = self.dropout(self.shared(input_ids))
         for block in self.encoder.block:
@@ -227,8 +225,7 @@ class T5(nn.Module):
             per_token = per_token + z_loss * lse.pow(2)
         return logits, (per_token * keep).sum() / keep.sum()
 
-    def _start_cache(self, enc, max_len):
-        """Per decoder block: (preallocated self-attention k/v buffers, cross-attention k/v)."""
+    def _start_cache(self, enc, max_len):  # per decoder block: (self-attn k/v buffers, cross k/v)
         shape = (enc.shape[0], self.config.num_heads, max_len, self.config.d_kv)
         return [((enc.new_zeros(shape), enc.new_zeros(shape)),
                  (b.cross_attn.heads(b.cross_attn.k(enc)), b.cross_attn.heads(b.cross_attn.v(enc))))
@@ -238,10 +235,9 @@ class T5(nn.Module):
     def generate(self, input_ids, attention_mask=None, max_new_tokens=64, num_beams=1,
                  length_penalty=0.6, return_all_beams=False):
         """Generated ids [B, <=max_new_tokens] without the start token; EOS kept, pad after it.
-        num_beams=1: batched greedy. num_beams>1: T5X's beam search, scoring a finished beam by
-        log p / ((5 + length) / 6) ** length_penalty (length counts the EOS); returns the best
-        beam, or with return_all_beams=True all of them best first (ids [B, K, L], scores [B, K]).
-        """
+        num_beams=1: greedy. num_beams>1: T5X's beam search, scoring a finished beam by log p /
+        ((5 + length) / 6) ** length_penalty (length counts the EOS); returns the best beam, or
+        with return_all_beams=True all, best first (ids [B, K, L], scores [B, K])."""
         if max_new_tokens < 1 or num_beams < 1 or (num_beams == 1 and return_all_beams):
             raise ValueError(f"generate needs max_new_tokens >= 1 (got {max_new_tokens}) and "
                              f"num_beams >= 1, > 1 for return_all_beams (got {num_beams})")
@@ -276,11 +272,10 @@ class T5(nn.Module):
         alive_lp = torch.tensor([0.0] + [-1e7] * (K - 1), device=dev).repeat(B, 1)
         fin_score, fin_flag = torch.full_like(alive_lp, -1e7), torch.zeros_like(alive_lp).bool()
         for pos in range(L):
-            tokens = alive_seq[:, :, pos].reshape(B * K, 1)
-            logits = self.decode(tokens, enc, cross_mask, cache, pos)[:, -1].float()
-            cand = (torch.log_softmax(logits, -1).view(B, K, V) + alive_lp[:, :, None]).view(B, -1)
+            logits = self.decode(alive_seq[:, :, pos].reshape(-1, 1), enc, cross_mask, cache, pos)
+            cand = torch.log_softmax(logits[:, -1].float(), -1).view(B, K, V) + alive_lp[:, :, None]
             # top 2K: even if K of them end in EOS (one per beam at most), K remain to continue
-            top_lp, top_idx = cand.topk(2 * K, dim=-1)  # [B, 2K]
+            top_lp, top_idx = cand.view(B, -1).topk(2 * K, dim=-1)  # [B, 2K]
             src_beam, tok = top_idx // V, top_idx % V
             seq = take(alive_seq, src_beam)  # [B, 2K, 1 + L]
             seq[:, :, pos + 1] = tok
@@ -324,8 +319,7 @@ class T5(nn.Module):
         """Load a Hugging Face T5 folder: config.json, model.safetensors or pytorch_model.bin."""
         with open(os.path.join(path, "config.json")) as fh:
             hf = json.load(fh)
-        names = [f.name for f in fields(T5Config)]
-        cfg = T5Config(**{k: hf[k] for k in names if hf.get(k) is not None})
+        cfg = T5Config(**{k: hf[k] for k in asdict(T5Config()) if hf.get(k) is not None})
         cfg.num_decoder_layers = hf.get("num_decoder_layers") or cfg.num_layers  # old: not stored
         st, pt = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
         if not os.path.exists(st) and not os.path.exists(pt):
@@ -339,8 +333,7 @@ class T5(nn.Module):
             if not cfg.tie_word_embeddings and (lm is None or any(
                     torch.equal(lm, tensors[k]) for k in EMBEDDING_COPIES if k in tensors)):
                 raise UserError(f"{path}: scale_decoder_outputs=false, no lm_head.weight unlike "
-                                "shared.weight: tied logits without the rescale, which this T5 "
-                                "cannot represent")
+                                "shared.weight: tied unscaled logits, which we cannot represent")
         with torch.device("meta"):  # skip the random init: every tensor is overwritten below
             model = cls(cfg).to_empty(device="cpu")
         model.load_state_dict(hf_to_ours(tensors, model))
@@ -374,16 +367,14 @@ def hf_names(cfg: T5Config) -> dict:
         theirs = [re.sub(pattern, repl, name) for name in theirs]
     return dict(zip(ours, theirs))
 
-# HF files may hold the embedding under any of these names (old ones: all three, and lm_head)
 EMBEDDING_COPIES = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
 def hf_to_ours(tensors: dict, model: T5) -> dict:
     """Rename a HF state dict onto `model`'s names, checking names and shapes, and that the
-    embedding's copies (and a tied lm_head.weight) are equal; one error lists every fault."""
+    embedding's copies (EMBEDDING_COPIES, a tied lm_head) agree; one error lists every fault."""
     tensors, tied = dict(tensors), model.config.tie_word_embeddings
     copies = [k for k in EMBEDDING_COPIES + ("lm_head.weight",) * tied if k in tensors]
-    if copies:  # the first becomes shared.weight, the others must equal it
-        emb = tensors["shared.weight"] = tensors.pop(copies[0])
+    emb = tensors["shared.weight"] = tensors.pop(copies[0]) if copies else None  # None: missing
     problems = [f"tensor {k!r} differs from shared.weight, whose tied copy it is"
                 for k in copies[1:] if not torch.equal(tensors.pop(k), emb)]
     names, expected = hf_names(model.config), model.state_dict()
