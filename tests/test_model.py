@@ -238,6 +238,27 @@ def test_save_pretrained_from_pretrained_roundtrip(tmp_path, version):
     assert cfg["d_kv"] == 8 and cfg["num_decoder_layers"] == 2 and cfg["is_encoder_decoder"]
 
 
+def test_hf_names_are_hugging_faces_layout():
+    # HF numbers a block's sub-layers: self-attention, (decoder) cross-attention, then the MLP;
+    # the position bias lives in block 0's self-attention
+    names = hf_names(get_config("cpu", **{**V11, "num_layers": 2, "num_decoder_layers": 1}))
+    want = {"shared.weight", "lm_head.weight", "encoder.final_layer_norm.weight",
+            "decoder.final_layer_norm.weight"}
+    for stack, n, attns in (("encoder", 2, ["SelfAttention"]),
+                            ("decoder", 1, ["SelfAttention", "EncDecAttention"])):
+        want.add(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+        for i in range(n):
+            for j, sub in enumerate(attns + ["DenseReluDense"]):
+                ws = ["q", "k", "v", "o"] if j < len(attns) else ["wi_0", "wi_1", "wo"]
+                want |= {f"{stack}.block.{i}.layer.{j}.{sub}.{w}.weight" for w in ws}
+                want.add(f"{stack}.block.{i}.layer.{j}.layer_norm.weight")
+    assert len(names) == len(want) and set(names.values()) == want
+    for ours, theirs in [("decoder.block.0.attn.q", "decoder.block.0.layer.0.SelfAttention.q"),
+                         ("decoder.block.0.cross_attn_norm", "decoder.block.0.layer.1.layer_norm"),
+                         ("encoder.block.1.mlp_norm", "encoder.block.1.layer.1.layer_norm")]:
+        assert names[ours + ".weight"] == theirs + ".weight"
+
+
 def test_from_pretrained_reads_pytorch_bin_with_hf_aliases(tmp_path):
     model = tiny(seed=6)
     names = hf_names(model.config)
