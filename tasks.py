@@ -179,10 +179,6 @@ class Gen:
         raise ValueError(f"LIME ({mode}): no example of at most max_len={self.hi} ids in 1000 "
                          "draws; its inputs are 74-200 ids long, use max_len >= 128 (paper: 220)")
 
-    def nonsense(self, rng):  # " ".join(lines).lower() of article and summary (no tags, A.7)
-        art, summ = nonsense_document(rng)
-        return self.text(" ".join(art).lower()), self.text(" ".join(summ).lower())
-
     def nesting(self, rng, ids, n_tokens):  # sentences from a random offset, as T5's chunks
         first = nesting_sentence(rng, ids)
         toks = first[rng.randrange(len(first)):]
@@ -481,8 +477,8 @@ def _build(name, g, data_dir):
         if name == "lime":
             return Task(name, parts=[_build("lime_" + m, g, data_dir) for m in LIME_MODES])
         return Task(name, lambda rng: g.lime(rng, name[5:]))  # no task-name prefix
-    if name == "nonsense_summary":
-        return Task(name, g.nonsense)
+    if name == "nonsense_summary":  # " ".join(lines).lower() of article and summary (no tags, A.7)
+        return Task(name, lambda rng: [g.text(" ".join(x).lower()) for x in nonsense_document(rng)])
     n_tokens = span_tokens_length(g.hi)  # the raw chunk whose corrupted input fits max_len
     if name == "nesting_language":
         ids = [i for i in g.V if i != g.vocab.unk_id]  # our choice: unk is not a nesting symbol

@@ -171,14 +171,12 @@ class UnigramTokenizer(Tokenizer):
     def _viterbi(self, word: str) -> list[int]:
         n, best = len(word), [0.0] + [-math.inf] * len(word)  # best[j]: top score of word[:j]
         back = [(0, 0)] * (n + 1)  # back[j]: (start, id) of the last piece of that segmentation
+        unk = (self.unk_id, self.unk_score)  # for a character no piece is: all stays reachable
         for i in range(n):
             for j in range(i + 1, min(n, i + self.max_piece_len) + 1):
-                hit = self.pieces.get(word[i:j])
+                hit = self.pieces.get(word[i:j], unk if j == i + 1 else None)
                 if hit is not None and best[i] + hit[1] > best[j]:
                     best[j], back[j] = best[i] + hit[1], (i, hit[0])
-            # a character no piece is: one unk for it, so every position stays reachable
-            if word[i] not in self.pieces and best[i] + self.unk_score > best[i + 1]:
-                best[i + 1], back[i + 1] = best[i] + self.unk_score, (i, self.unk_id)
         ids, j = [], n
         while j > 0:
             j, t = back[j]
