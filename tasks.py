@@ -430,11 +430,10 @@ class NaturalText:
         toks = self.tokens(d)
         start = rng.randint(0, max(0, len(toks) - self.n))
         out = list(toks[start:start + self.n])
-        for _ in range(len(self.docs)):  # following documents, no separator, as T5 packs them
+        for k in range(1, len(self.docs) + 1):  # following documents, no separator, as T5 packs
             if len(out) >= self.n:
                 break
-            d = (d + 1) % len(self.docs)
-            out += self.tokens(d)[:self.n - len(out)]
+            out += self.tokens((d + k) % len(self.docs))[:self.n - len(out)]
         return span_corrupt(out, self.vocab, rng)
 
 # ------------------------------------------------------------------------- tasks, streams, batches
