@@ -93,6 +93,11 @@ def naive_train(texts, n_merges, min_frequency=2):
     return merges
 
 
+def test_merge_is_left_to_right_and_non_overlapping():
+    assert T._merge([5, 5, 5, 6, 5, 5, 5, 5], (5, 5), 9) == [9, 5, 6, 9, 9]
+    assert T._merge([1, 2, 1, 2, 2, 1], (1, 2), 7) == [7, 7, 2, 1]
+
+
 @pytest.mark.parametrize("min_frequency", [1, 2])
 def test_bpe_incremental_training_matches_naive(min_frequency):
     text = CORPUS[:6]  # min_frequency 2 runs out of pairs after 46 merges: the early stop too
