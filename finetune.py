@@ -1,14 +1,13 @@
 """finetune.py: fine-tune a T5 on one of the paper's six downstream tasks, scored as the paper does.
 
-The model starts from scratch, a pretrain.py checkpoint, a Hugging Face T5 or a stats_init.py init
-and trains with train.py's loop, evaluated by validation token accuracy (teacher forced). The best
-evaluation's checkpoint then beam-decodes the test split once: its metric is the score (the paper's
-rule). Data: <data_dir>/<task>/{train,validation,test}.jsonl ({"source", "target"}; SQuAD adds
-"answers") or the original release's {train,valid,test}.txt (input<TAB>target); EOS is appended,
-no task prefix (as the paper). out_dir (default out/<task>) gets result.json.
+From scratch, a pretrain.py checkpoint, a Hugging Face T5 or a stats_init.py init, with train.py's
+loop, evaluated by validation token accuracy; the best evaluation's checkpoint then beam-decodes
+the test split once, for the score (the paper's rule). Data: <data_dir>/<task>/{train,validation,
+test}.jsonl ({"source", "target"}; SQuAD adds "answers") or the original release's {train,valid,
+test}.txt (input<TAB>target); EOS appended, no task prefix (as the paper). Writes out/<task>/.
     python finetune.py --task=mtop --init=out/set/ckpt_best.pt  # or scratch, stats:<s>:<ckpt>, ...
     python finetune.py --preset=paper --task=squad --init=hf:t5-small --tokenizer=t5/tokenizer.json
-    python finetune.py --init=resume --task=mtop   # continue out/mtop exactly; -h: every setting
+    python finetune.py --init=resume --task=mtop  # continue out/mtop exactly; -h: every setting
 Reading order: ..., metrics.py, finetune.py (here), stats_init.py, ... Next: stats_init.py.
 """
 import functools, hashlib, json, os, random, time
@@ -27,9 +26,8 @@ from tokenizer import get_tokenizer, load_tokenizer
 from train import TrainConfig, autocast, check_train_config, evaluate, load_checkpoint
 from train import micro_batch, parse_run, train
 
-# Per task: the CPU scale-down (lengths cover ~all examples under the 8192-id BPE), the metric
-# metrics.py computes, the number the paper's tables report and the released scripts' values in
-# PAPER's order. recipe() adds what each scale gives every task.
+# Per task: the CPU scale-down (lengths cover ~all examples under the 8192-id BPE), metrics.py's
+# metric, the score the paper reports, the released scripts' values (PAPER's order); and recipe().
 PAPER = ("src_len", "tgt_len", "batch_size", "max_steps", "lr", "eval_interval", "max_decode")
 TASKS = {
     "cnndm_10k": dict(cpu=dict(src_len=512, tgt_len=128, n_test=100), metric="rouge",
@@ -82,12 +80,11 @@ class FinetuneConfig(TrainConfig):
     tokenizer: str = ""            # a tokenizer file; "" = cache_dir/bpe<size>.json, made if absent
     tokenizer_size: int = 8192     # BPE size (ids incl. 100 sentinels) when training one
     cache_dir: str = "cache"       # the trained BPE and the tokenized splits
-    max_train: int = 0             # > 0: only the first max_train training examples
     lowercase: bool = False        # lowercase source and target
     bucket: int = 0                # > 0: batches of similar lengths, sorted in chunks of this many
     model: str = "tiny"            # model.PRESETS name for --init=scratch and preattn_ln
     dropout: float = 0.1           # the paper's
-    n_test: int = 0                # test examples decoded per evaluation; 0 = all
+    n_test: int = 0                # test examples decoded; 0 = all
     num_beams: int = 4             # the paper's beam 4, brevity penalty alpha 0.6
     max_decode: int = 128          # decoding budget in tokens
 
@@ -107,7 +104,7 @@ def get_finetune_config(argv) -> tuple:
     out_dir/ckpt_last.pt, then the command line), all checked, and the checkpoint to resume."""
     cfg, resume = parse_run(FinetuneConfig, argv, lambda c: recipe(c.preset, c.task), __doc__,
                             same_run=("task", "tokenizer", "tokenizer_size", "lowercase"))
-    for name, lo in dict(num_beams=1, max_decode=1, n_test=0, max_train=0, bucket=0,
+    for name, lo in dict(num_beams=1, max_decode=1, n_test=0, bucket=0,
                          tokenizer_size=359).items():  # a BPE's specials, bytes and sentinels
         config.check_range(name, getattr(cfg, name), lo)
     config.check_range("dropout", cfg.dropout, 0.0, 0.99)
@@ -139,11 +136,9 @@ def load_split(data_dir, task, split) -> list:
             raise UserError(f"{where}: not UTF-8 (byte {e.start + 1} of the line)") from None
         except json.JSONDecodeError as e:
             raise UserError(f"{where}: not valid JSON ({e.msg})") from None
-        if not jsonl:                                      # input<TAB>target
-            if len(obj) != 2:
-                raise UserError(f"{where}: expected 'input<TAB>target', found {len(obj)} "
-                                "tab-separated fields")
-            obj = dict(zip(PAIR, obj))
+        if not jsonl and len(obj) != 2:
+            raise UserError(f"{where}: expected 'input<TAB>target', found {len(obj)} fields")
+        obj = obj if jsonl else dict(zip(PAIR, obj))
         if not (isinstance(obj, dict) and all(isinstance(obj.get(k), str) for k in PAIR)):
             raise UserError(f"{where}: expected an object with string 'source' and 'target'")
         answers = obj.get("answers") or [obj["target"]]  # SQuAD is scored against every answer
@@ -204,8 +199,8 @@ class EpochData:
             raise UserError(f"--bucket needs a batch of {n} examples, has {len(self.pairs)}")
         per_epoch = len(self.pairs) - (len(self.pairs) % n if self.bucket else 0)
         at, self.position = self.position, self.position + n
-        pairs = [self.pairs[self.order(i // per_epoch, n)[i % per_epoch]] for i in range(at, at + n)]
-        return collate(pairs, *self.lens)[0]
+        ks = [self.order(i // per_epoch, n)[i % per_epoch] for i in range(at, at + n)]
+        return collate([self.pairs[k] for k in ks], *self.lens)[0]
 
     def state_dict(self) -> dict:
         return dict(position=self.position)
@@ -250,12 +245,11 @@ def main(argv):
     tok = load_tokenizer(tok_path) if cfg.tokenizer else \
         get_tokenizer(cfg.data_dir, cfg.tokenizer_size, tok_path)
     data = load_data(cfg, tok, tok_path)
-    train_pairs = data["train"][1][:cfg.max_train or None]
+    train_pairs = data["train"][1]
     val_pairs = data["validation"][1][:cfg.eval_batches * cfg.batch_size]
     test_rows, test_pairs = (x[:cfg.n_test or None] for x in data["test"])
     val_batches = [collate(val_pairs[i:i + mbs], cfg.src_len, cfg.tgt_len)[0]
                    for i in range(0, len(val_pairs), mbs)]
-    refs = [r["answers"] if spec["metric"] == "squad" else r["target"] for r in test_rows]
     cut = sum(len(s) > cfg.src_len or len(t) > cfg.tgt_len for s, t in train_pairs)
     print(f"{cfg.task}: {len(train_pairs)} train ({cut} cut to {cfg.src_len}/{cfg.tgt_len}), "
           f"{len(val_pairs)} validation, {len(test_pairs)} test; {tok_path}: {tok.size} ids")
@@ -272,6 +266,7 @@ def main(argv):
     model.load_state_dict(load_checkpoint(os.path.join(cfg.out_dir, "ckpt_best.pt"))["model"])
     with autocast(next(model.parameters()).device.type, cfg.dtype):
         preds = decode_all(model.eval(), [s for s, _ in test_pairs], tok, cfg)
+    refs = [r["answers"] if spec["metric"] == "squad" else r["target"] for r in test_rows]
     scores = compute_metrics(spec["metric"], preds, refs)
     for p, r in list(zip(preds, refs))[:2]:                # show what the model writes
         print(f"  target: {str(r)[:120]}\n  output: {p[:120]}")
@@ -284,8 +279,7 @@ def main(argv):
                   n_test=len(test_pairs), wall_s=time.time() - t0, config=asdict(cfg))
     config.write_json(os.path.join(cfg.out_dir, "result.json"), result)  # last: "finished"
     print(f"\n{cfg.task} ({cfg.init}): test {spec['score']} {result['score']:.2f} at step "
-          f"{out['best_step']} (best validation token accuracy "
-          f"{100 * out['best_token_acc']:.1f}%), {result['wall_s'] / 60:.1f} min")
+          f"{out['best_step']} (validation token accuracy {100 * out['best_token_acc']:.1f}%)")
     return result
 
 if __name__ == "__main__":

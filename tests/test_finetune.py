@@ -131,7 +131,7 @@ def test_help_prints_the_values_that_run_for_the_task(capsys):
 
 @pytest.mark.parametrize("arg,message", [
     ("--num_beams=0", "--num_beams=0 must be >= 1"), ("--max_decode=0", "--max_decode=0 must be"),
-    ("--n_test=-1", "--n_test=-1 must be >= 0"), ("--max_train=-1", "--max_train=-1 must be >= 0"),
+    ("--n_test=-1", "--n_test=-1 must be >= 0"),
     ("--bucket=-1", "--bucket=-1 must be >= 0"), ("--tokenizer_size=100", "must be >= 359"),
     ("--model=huge", "--model='huge' is not one of"), ("--dtype=int8", "--dtype='int8' is not one"),
     ("--init=preattn_ln:abc", "expected preattn_ln:<c>, a number c > 0"),
