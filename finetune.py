@@ -1,10 +1,10 @@
 """finetune.py: fine-tune a T5 on one of the paper's six downstream tasks, scored as the paper does.
 
-From scratch, a pretrain.py checkpoint, a Hugging Face T5 or a stats_init.py init, with train.py's
-loop, evaluated by validation token accuracy; the best evaluation's checkpoint then beam-decodes
-the test split once, for the score (the paper's rule). Data: <data_dir>/<task>/{train,validation,
-test}.jsonl ({"source", "target"}; SQuAD adds "answers") or the original release's {train,valid,
-test}.txt (input<TAB>target); EOS appended, no task prefix (as the paper). Writes out/<task>/.
+It starts from scratch, a pretrain.py checkpoint, a Hugging Face T5 or a stats_init.py init, trains
+with train.py's loop (evaluated by validation token accuracy), then the best evaluation's checkpoint
+beam-decodes the test split once: the score (the paper's rule). Data: <data_dir>/<task>/{train,
+validation,test}.jsonl ({"source", "target"}; SQuAD adds "answers") or the released {train,valid,
+test}.txt (input<TAB>target); EOS appended, no task prefix (as the paper). out_dir: result.json.
     python finetune.py --task=mtop --init=out/set/ckpt_best.pt  # or scratch, stats:<s>:<ckpt>, ...
     python finetune.py --preset=paper --task=squad --init=hf:t5-small --tokenizer=t5/tokenizer.json
     python finetune.py --init=resume --task=mtop  # continue out/mtop exactly; -h: every setting
@@ -104,9 +104,8 @@ def get_finetune_config(argv) -> tuple:
     out_dir/ckpt_last.pt, then the command line), all checked, and the checkpoint to resume."""
     cfg, resume = parse_run(FinetuneConfig, argv, lambda c: recipe(c.preset, c.task), __doc__,
                             same_run=("task", "tokenizer", "tokenizer_size", "lowercase"))
-    for name, lo in dict(num_beams=1, max_decode=1, n_test=0, bucket=0,
-                         tokenizer_size=359).items():  # a BPE's specials, bytes and sentinels
-        config.check_range(name, getattr(cfg, name), lo)
+    for name, lo in dict(num_beams=1, max_decode=1, n_test=0, bucket=0, tokenizer_size=359).items():
+        config.check_range(name, getattr(cfg, name), lo)  # 359: a BPE's specials, bytes, sentinels
     config.check_range("dropout", cfg.dropout, 0.0, 0.99)
     config.check_choice("model", cfg.model, MODEL_PRESETS)
     if resume:                                             # it keeps its --init

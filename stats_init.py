@@ -104,7 +104,7 @@ class StatsInitConfig:
 def main(argv: list[str]) -> None:
     kind, scheme, path = parse_spec(spec := config.parse(StatsInitConfig, argv, doc=__doc__).init)
     if kind != "stats":
-        raise config.UserError(f"--init={spec}: expected stats:<scheme>:<checkpoint>")
+        raise config.UserError(f"--init={spec}: expected stats:<scheme>:<checkpoint> (its groups)")
     state_dict, model_config = load_source(path)
     groups = scheme_groups(model := T5(model_config), scheme)
     print(f"{scheme} ({SCHEMES[scheme][0]}), {len(groups)} groups from {path}")

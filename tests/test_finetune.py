@@ -185,7 +185,7 @@ def test_tokenized_cache_is_keyed_on_the_data_file(tmp_path, capsys):
     rewritten, said = load("b")                            # the same file, rewritten
     assert rewritten["train"] == [(ids("sun"), ids("moon"))] and "stale" in said
     os.utime(tmp_path / "b" / "mtop" / "train.jsonl", (1, 1))
-    assert load("b") == (rewritten, "")                    # keyed by content, not by the file's time
+    assert load("b") == (rewritten, "")                    # keyed by content, not by its time
     assert load("b", "--lowercase=True")[0] == rewritten   # (nothing to lowercase here)
 
 

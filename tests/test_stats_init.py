@@ -190,7 +190,8 @@ def test_init_spec_checkpoint_formats_and_cli(tmp_path, capsys):
     sd = fake_pretrained(model)
     path = tmp_path / "ckpt_best.pt"
     torch.save(dict(model=sd, model_config=asdict(RELU), step=5), path)
-    assert parse_spec(f"stats:whole_model_scale:{path}") == ("stats", "whole_model_scale", str(path))
+    assert parse_spec(f"stats:whole_model_scale:{path}") == ("stats", "whole_model_scale",
+                                                             str(path))
     assert parse_spec("preattn_ln:0.2") == ("preattn_ln", 0.2, "")
     assert parse_spec("preattn_ln:.5e-1")[1] == 0.05
     for bad in ("preattn_ln:abc", "preattn_ln:-1", "preattn_ln:0", "preattn_ln:inf",
