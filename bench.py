@@ -1,16 +1,12 @@
 """bench.py: the training-step speed of model.py's T5 (tokens/s, MFU), optionally against HF's T5.
 
-Times forward + backward + AdamW steps in each precision of --modes (bf16: autocast), eager and
-compiled, after a warm-up: the median step as target tokens/s and MFU (T5.flops_per_token) against
-the measured matmul peak and a known GPU's datasheet peak. --compare_hf=True times transformers'
-T5 (same config and weights) interleaved with ours: the median over the pairs of HF's time / ours.
+The median forward + backward + AdamW step per precision of --modes (bf16: autocast), eager and
+compiled: target tokens/s, MFU (peak: a known GPU's datasheet, else a measured matmul, as train.py).
     python bench.py --model=tiny --batch=4 --src_len=32 --tgt_len=32 --steps=2 --modes=bf16
     python bench.py --device=cuda --model=t5-small --batch=128 --src_len=512 --tgt_len=512
 Reading order: ..., reproduce.py, bench.py (here), data.py. Next: data.py.
 """
-import re
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from statistics import median_high  # the upper median: robust to one slow step
 
@@ -18,7 +14,7 @@ import torch
 
 import config
 from model import T5, get_config, hf_names
-from train import datasheet_peak, estimate_mfu, keep_freed_memory, matmul_peak
+from train import TrainConfig, datasheet_peak, estimate_mfu, matmul_peak, setup_runtime
 
 MODES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # --modes: precision -> matmul dtype
 
@@ -34,33 +30,23 @@ class BenchConfig:
     compile: bool = True           # also time the torch.compile'd models
     compare_hf: bool = False       # also time transformers' T5 (needs transformers installed)
 
-def train_step(model, batch, bf16: bool, compiled: bool):
-    """A closure running one forward + backward + AdamW step of `model` (ours or HF's)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # fused: no loop over params
-    fwd, device_type = torch.compile(model) if compiled else model, batch["labels"].device.type
-    def step():
-        with torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext():
-            out = fwd(**batch)
-        (out[1] if isinstance(model, T5) else out.loss).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return step
-
-def time_steps(steps: list, n: int, warmup: int, device) -> list:
-    """n timings (seconds) of each closure in `steps`, in turns whose order alternates, so that a
-    neighbour's burst or a clock change on a shared machine hits them all alike."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)  # GPUs: async
-    for step in steps * warmup:
-        step()
-    times = [[] for _ in steps]
-    for i in range(n):
-        for j in range(len(steps))[::1 if i % 2 == 0 else -1]:
-            sync()
+def time_steps(models: list, batch: dict, bf16: bool, compiled: bool, n: int) -> list:
+    """n timings (s) of a training step of each model (ours, HF), after 1 warm-up (compiled: 2)."""
+    fwds = [torch.compile(m) if compiled else m for m in models]
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True) for m in models]
+    times, dev = [[] for _ in models], batch["labels"].device
+    for i in range(1 + compiled + n):  # in turns of alternating order: a burst hits all alike
+        for j in range(len(models))[::1 if i % 2 == 0 else -1]:
             t = time.perf_counter()
-            steps[j]()
-            sync()
+            with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
+                out = fwds[j](**batch)
+            (out[1] if isinstance(models[j], T5) else out.loss).backward()
+            opts[j].step()
+            opts[j].zero_grad(set_to_none=True)
+            if dev.type == "cuda":  # GPUs run asynchronously
+                torch.cuda.synchronize(dev)
             times[j].append(time.perf_counter() - t)
-    return times
+    return [t[1 + compiled:] for t in times]  # the warm-up left out
 
 def hf_model(model: T5):
     """transformers' T5ForConditionalGeneration with `model`'s config and weights (and logits)."""
@@ -79,46 +65,30 @@ def hf_model(model: T5):
 def main(argv: list[str]) -> list[dict]:
     """Time the steps, print a table; returns its rows (dicts: the columns, hf_over_ours on HF)."""
     cfg = config.parse(BenchConfig, argv, doc=__doc__)
-    modes = cfg.modes.split(",")
-    for m in modes:
+    for m in (modes := cfg.modes.split(",")):
         config.check_choice("modes", m, MODES)
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", cfg.device):
-        raise config.UserError(f"--device={cfg.device!r} is not a device: cpu, cuda or cuda:N")
-    on_gpu = cfg.device.startswith("cuda")
-    if on_gpu and not torch.cuda.is_available():
-        raise config.UserError(f"--device={cfg.device} but CUDA is not available here")
-    if on_gpu:  # float32 matmuls as TF32, as train.py runs them
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    keep_freed_memory()  # glibc keeps freed memory, as train.py on a CPU (no harm on a GPU)
-    torch.manual_seed(0)
-    model = T5(get_config(cfg.model)).to(cfg.device).train()
-    src, tgt = (torch.randint(3, model.config.vocab_size, (cfg.batch, n)).to(cfg.device)
+    dev = setup_runtime(TrainConfig(device=cfg.device, threads=0)).device  # checks, TF32
+    model = T5(get_config(cfg.model)).to(dev).train()
+    src, tgt = (torch.randint(3, model.config.vocab_size, (cfg.batch, n)).to(dev)
                 for n in (cfg.src_len, cfg.tgt_len))
     batch = dict(input_ids=src, attention_mask=torch.ones_like(src), labels=tgt)
     models = [model, hf_model(model)] if cfg.compare_hf else [model]
     fpt = model.flops_per_token(cfg.src_len, cfg.tgt_len)  # the encoder's work is inside it
-    peaks = {m: (matmul_peak(MODES[m], cfg.device, n=8192 if on_gpu else 2048, reps=10),
-                 datasheet_peak(cfg.device, MODES[m])) for m in modes}
-    print(f"{cfg.model}: {model.num_params() / 1e6:.1f}M params, batch {cfg.batch} x ({cfg.src_len}"
-          f" + {cfg.tgt_len}), {3 * fpt / 1e6:.0f} MFLOP per target token; measured matmul peak "
-          + ", ".join(f"{m} {p / 1e12:.2f}" for m, (p, _) in peaks.items()) + " TFLOP/s")
-    print("| model | precision | ms/step | target tok/s | MFU | MFU (datasheet) | HF / ours |\n"
-          "|---|---|---|---|---|---|---|")
+    peaks = {m: datasheet_peak(dev, MODES[m]) or matmul_peak(MODES[m], dev, 4096) for m in modes}
+    print(f"{cfg.model}: {model.num_params() / 1e6:.1f}M params, {3 * fpt / 1e6:.0f} MFLOP per "
+          "target token; peak TFLOP/s", {m: round(p / 1e12, 2) for m, p in peaks.items()})
+    print("| model | mode | ms/step | target tok/s | MFU | HF / ours |\n|---|---|---|---|---|---|")
     rows = []
-    for mode in modes:
-        for compiled in (False, True) if cfg.compile else (False,):
-            steps = [train_step(m, batch, mode == "bf16", compiled) for m in models]
-            times = time_steps(steps, cfg.steps, 1 + compiled, cfg.device)  # compiling: 1 more
-            for who, t in zip(("ours", "HF"), times):
-                sec = median_high(t)
-                tok_s = cfg.batch * cfg.tgt_len / sec
-                mfu, sheet = (estimate_mfu(tok_s, fpt, p) if p else None for p in peaks[mode])
-                ratio = median_high([b / a for a, b in zip(*times)]) if who == "HF" else None
-                name = f"{who} {'compiled' if compiled else 'eager'}"
-                rows.append(dict(model=name, mode=mode, sec=sec, tok_s=tok_s, mfu=mfu,
-                                 mfu_datasheet=sheet, hf_over_ours=ratio))
-                print(f"| {name} | {mode} | {sec * 1e3:.0f} | {tok_s:.0f} | {mfu:.1%} | "
-                      f"{f'{sheet:.1%}' if sheet else '–'} | {f'{ratio:.2f}' if ratio else ''} |")
+    for mode, compiled in [(m, c) for m in modes for c in (False, True)[:1 + cfg.compile]]:
+        times = time_steps(models, batch, mode == "bf16", compiled, cfg.steps)
+        for who, t in zip(("ours", "HF"), times):
+            sec, name = median_high(t), f"{who} {'compiled' if compiled else 'eager'}"
+            tok_s = cfg.batch * cfg.tgt_len / sec
+            ratio = median_high([b / a for a, b in zip(*times)]) if who == "HF" else None
+            rows.append(dict(model=name, mode=mode, sec=sec, tok_s=tok_s, hf_over_ours=ratio,
+                             mfu=estimate_mfu(tok_s, fpt, peaks[mode])))
+            print(f"| {name} | {mode} | {sec * 1e3:.0f} | {tok_s:.0f} | {rows[-1]['mfu']:.1%} | "
+                  f"{f'{ratio:.2f}' if ratio else ''} |")
     return rows
 
 if __name__ == "__main__":

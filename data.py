@@ -1,22 +1,13 @@
 """data.py: download the data the other scripts read and convert it to the layout they expect.
 
-The fine-tuning sets the paper's authors released (kept as they are), SQuAD v1.1, a C4 shard
-cut to --natural_mb of text, and opt-in the T5-small and T5 v1.1-small --init=hf:DIR folders.
-A download goes to a .part file that a rerun resumes (HTTP Range) and is renamed into place when
-complete; MANIFEST.json in the output folder records every file's size and sha256.
-    python data.py                              # everything but the checkpoints, into ./data
-    python data.py --tasks=squad,t5             # only these (t5: data/t5-small, t5-v1_1-small)
+The fine-tuning sets the paper's authors released (kept as they are), SQuAD v1.1, a C4 shard cut
+to --natural_mb of text, and opt-in the T5-small and T5 v1.1-small --init=hf:DIR folders. Downloads
+resume (a .part file, HTTP Range); MANIFEST.json records every file's size and sha256.
+    python data.py              # all but the checkpoints into ./data; --tasks=squad,t5: only these
     python data.py --from_dir=~/dl --tasks=squad  # convert files you already have (same layout)
 Reading order: ..., reproduce.py, bench.py, data.py (here, the last file: a utility). Next: none.
 """
-import gzip
-import hashlib
-import json
-import os
-import random
-import re
-import shutil
-import urllib.request
+import gzip, hashlib, json, os, random, re, shutil, urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,22 +17,20 @@ import config
 from config import UserError
 
 GCS = "https://storage.googleapis.com/n2formal-public-data/synthetic_pretraining/finetuning_data"
-SQUAD = "https://rajpurkar.github.io/SQuAD-explorer/dataset"
-C4 = "https://huggingface.co/datasets/allenai/c4/resolve/main/en"
-T5 = "https://huggingface.co/google-t5/t5-small/resolve/main"
-T5_V11 = "https://huggingface.co/google/t5-v1_1-small/resolve/main"
+HF = "https://huggingface.co"
 # {task: [(url, path under the output folder)]}; finetune.py reads the authors' files as they are
 SOURCES = {t: [(f"{GCS}/{t}/{s}.txt", f"{t}/{s}.txt") for s in ("train", "valid", "test")]
            for t in ("cnndm_10k", "mtop", "webqsp", "retrosynthesis", "code_translation")}
-SOURCES["squad"] = [(f"{SQUAD}/{n}-v1.1.json", f"squad/{n}-v1.1.json") for n in ("train", "dev")]
-SOURCES["natural_text"] = [(f"{C4}/{n}.json.gz", f"natural_text/{n}.json.gz")
+SOURCES["squad"] = [(f"https://rajpurkar.github.io/SQuAD-explorer/dataset/{n}-v1.1.json",
+                     f"squad/{n}-v1.1.json") for n in ("train", "dev")]
+SOURCES["natural_text"] = [(f"{HF}/datasets/allenai/c4/resolve/main/en/{n}.json.gz",
+                            f"natural_text/{n}.json.gz")
                            for n in ("c4-train.00000-of-01024", "c4-validation.00000-of-00008")]
 # T5 v1.1 has no model.safetensors on the Hub's main branch: its pytorch_model.bin, which
 # model.py also reads. Both share T5's vocabulary: every run reads t5-small/tokenizer.json.
-SOURCES["t5"] = ([(f"{T5}/{n}", f"t5-small/{n}")
-                  for n in ("config.json", "model.safetensors", "tokenizer.json")]
-                 + [(f"{T5_V11}/{n}", f"t5-v1_1-small/{n}")
-                    for n in ("config.json", "pytorch_model.bin")])
+SOURCES["t5"] = [(f"{HF}/{repo}/resolve/main/{n}", f"{repo.split('/')[1]}/{n}") for repo, names in (
+    ("google-t5/t5-small", ("config.json", "model.safetensors", "tokenizer.json")),
+    ("google/t5-v1_1-small", ("config.json", "pytorch_model.bin"))) for n in names]
 
 @dataclass
 class DataConfig:
@@ -53,19 +42,16 @@ class DataConfig:
 
 def download(url: str, path: str) -> None:
     """url to path through path.part: a broken download resumes where it stopped (HTTP Range)."""
-    part = path + ".part"
-    have = os.path.getsize(part) if os.path.exists(part) else 0
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    have = os.path.getsize(part) if os.path.exists(part := path + ".part") else 0
     req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             have = have if r.status == 206 else 0  # 200: the server ignored the Range
-            size = r.headers.get("Content-Length")
-            total = have + int(size) if size else None
-            with open(part, "ab" if have else "wb") as f, tqdm(
-                    desc=os.path.basename(path), total=total, initial=have, unit="B",
-                    unit_scale=True, unit_divisor=1024) as bar:
-                while chunk := r.read(1 << 20):
-                    bar.update(f.write(chunk))
+            total = have + int(n) if (n := r.headers["Content-Length"]) else None
+            with open(part, "ab" if have else "wb") as f, tqdm.wrapattr(
+                    r, "read", total, desc=os.path.basename(path), initial=have) as src:
+                shutil.copyfileobj(src, f, 1 << 20)
     except OSError as e:  # urllib's errors (HTTP ones too) are OSErrors
         if getattr(e, "code", None) == 416:  # the .part is past the file's end: start over
             os.remove(part)
@@ -75,9 +61,6 @@ def download(url: str, path: str) -> None:
         raise UserError(f"downloading {url} stopped at {os.path.getsize(part)} of {total} bytes: "
                         "run again to resume")
     os.replace(part, path)
-
-def write_jsonl(path: str, rows: list) -> None:
-    config.atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 def squad_articles(path: str) -> list:
     """Per article of an official SQuAD v1.1 file, its questions in T5's format (text as is)."""
@@ -99,7 +82,8 @@ def convert_squad(cfg: DataConfig) -> list:
                   else rest, validation=[q for i in sorted(held) for q in train[i]],
                   test=[q for art in dev for q in art])
     for split, rows in splits.items():
-        write_jsonl(f"{folder}/{split}.jsonl", rows)
+        config.atomic_write(f"{folder}/{split}.jsonl",
+                            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return [f"squad/{split}.jsonl" for split in splits]
 
 def convert_natural(cfg: DataConfig) -> list:
@@ -110,8 +94,7 @@ def convert_natural(cfg: DataConfig) -> list:
         with gzip.open(os.path.join(cfg.out, rel), "rt", encoding="utf-8") as f:
             for line in f:
                 doc = re.sub(r"\n\s*\n", "\n", json.loads(line)["text"].strip())  # no blank lines
-                size += len(doc.encode()) + 2
-                if size > limit:
+                if (size := size + len(doc.encode()) + 2) > limit:
                     break
                 docs.append(doc)
         config.atomic_write(f"{cfg.out}/natural_text/{split}.txt", "\n\n".join(docs) + "\n")
@@ -119,29 +102,21 @@ def convert_natural(cfg: DataConfig) -> list:
 
 CONVERT = {"squad": convert_squad, "natural_text": convert_natural}
 
-def fetch(cfg: DataConfig, url: str, rel: str) -> None:
-    path = os.path.join(cfg.out, rel)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if not cfg.from_dir:
-        if not os.path.exists(path):  # a file in place is complete (partial ones are .part)
-            download(url, path)
-        return
-    src = os.path.join(os.path.expanduser(cfg.from_dir), rel)
-    if not os.path.isfile(src):
-        raise UserError(f"--from_dir: {src} not found (expected <from_dir>/{rel}, from {url})")
-    if not (os.path.exists(path) and os.path.samefile(src, path)):
-        config.atomic_write(path, lambda tmp: shutil.copyfile(src, tmp))
-
 def main(argv) -> None:
     cfg = config.parse(DataConfig, argv, doc=__doc__)
-    tasks = [t for t in cfg.tasks.split(",") if t]
-    for t in tasks:
+    for t in (tasks := [t for t in cfg.tasks.split(",") if t]):
         config.check_choice("tasks", t, list(SOURCES))
     manifest_path = os.path.join(cfg.out, "MANIFEST.json")
     manifest = json.loads(Path(manifest_path).read_text()) if os.path.exists(manifest_path) else {}
     for task in tasks:
-        for url, rel in SOURCES[task]:
-            fetch(cfg, url, rel)
+        for url, rel in SOURCES[task]:  # copied from --from_dir, else downloaded unless in place
+            path, src = (os.path.join(d, rel) for d in (cfg.out, os.path.expanduser(cfg.from_dir)))
+            if cfg.from_dir and not os.path.isfile(src):
+                raise UserError(f"--from_dir: {src} not found (get it from {url})")
+            if cfg.from_dir and not (os.path.exists(path) and os.path.samefile(src, path)):
+                config.atomic_write(path, lambda tmp: shutil.copyfile(src, tmp))
+            elif not cfg.from_dir and not os.path.exists(path):  # a partial one is still .part
+                download(url, path)
         try:
             made = CONVERT[task](cfg) if task in CONVERT else []
         except (ValueError, KeyError, IndexError, TypeError, EOFError, gzip.BadGzipFile) as e:

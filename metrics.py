@@ -10,39 +10,36 @@ Reading order: ..., pretrain.py, metrics.py (here), finetune.py, ... Next: finet
 import re, string
 from collections import Counter
 
-_PUNCTUATION = set(string.punctuation)  # ASCII only, as in the official SQuAD script
-
 def exact_match(prediction: str, reference: str) -> float:
     return float(prediction == reference)
 
 def token_f1(prediction: str, reference: str) -> float:
     """F1 of whitespace tokens as multisets (T5's `_f1_score`): no overlap (even "" vs "") is 0."""
     pred, ref = prediction.split(), reference.split()
-    same = sum((Counter(pred) & Counter(ref)).values())
-    return 0.0 if same == 0 else _fmeasure(same / len(pred), same / len(ref))
+    return _f1(sum((Counter(pred) & Counter(ref)).values()), len(pred), len(ref))
 
 def normalize_squad(text: str) -> str:
     """SQuAD v1.1's order: lowercase, drop punctuation ("the-end" -> "theend"), articles, spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)  # ASCII, as SQuAD's
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
-def squad_em_f1(prediction: str, answers: list[str]) -> tuple[float, float]:
-    """(EM, F1) of one prediction, each the max over its gold answers."""
-    if not answers:
-        raise ValueError("a SQuAD example needs at least one gold answer")
-    pred, golds = normalize_squad(prediction), [normalize_squad(a) for a in answers]
+def squad_em_f1(prediction: str, answers: list[str] | str) -> tuple[float, float]:
+    """(EM, F1) of one prediction, each the max over its gold answers (a list, or one string)."""
+    golds = [normalize_squad(a) for a in ([answers] if isinstance(answers, str) else answers)]
+    pred = normalize_squad(prediction)  # no answer: max() raises ValueError
     return max(exact_match(pred, g) for g in golds), max(token_f1(pred, g) for g in golds)
 
 def rouge_tokenize(text: str) -> list[str]:  # every run outside [a-z0-9] separates
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
 
-def _fmeasure(precision: float, recall: float) -> float:
-    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+def _f1(hits: int, n_pred: int, n_ref: int) -> float:
+    """F-measure of `hits` shared tokens; an empty side scores 0 (max(.., 1)), not an error."""
+    precision, recall = hits / max(n_pred, 1), hits / max(n_ref, 1)
+    return 2 * precision * recall / (precision + recall) if hits else 0.0
 
 def _rouge_n(pred: list[str], ref: list[str], n: int) -> float:
     p, r = (Counter(tuple(x[i:i + n]) for i in range(len(x) - n + 1)) for x in (pred, ref))
-    overlap = sum((p & r).values())  # max(.., 1): a text shorter than n scores 0, not an error
-    return _fmeasure(overlap / max(sum(p.values()), 1), overlap / max(sum(r.values()), 1))
+    return _f1(sum((p & r).values()), sum(p.values()), sum(r.values()))
 
 def _lcs_table(ref: list[str], pred: list[str]) -> list[list[int]]:
     """table[i][j] = length of the longest common subsequence of ref[:i] and pred[:j]."""
@@ -60,32 +57,26 @@ def _lcs_positions(ref: list[str], pred: list[str]) -> list[int]:
         if ref[i - 1] == pred[j - 1]:
             positions.append(i - 1)
             i, j = i - 1, j - 1
-        elif table[i][j - 1] > table[i - 1][j]:
-            j -= 1
         else:
-            i -= 1
+            i, j = (i, j - 1) if table[i][j - 1] > table[i - 1][j] else (i - 1, j)
     return positions
 
 def _rouge_lsum(pred_sents: list[list[str]], ref_sents: list[list[str]]) -> float:
     """Summary-level ROUGE-L: per reference sentence, the union of its LCS with every predicted
     sentence; hits clipped by token counts so no token counts twice (as ROUGE-1.5.5)."""
-    m, n = sum(map(len, ref_sents)), sum(map(len, pred_sents))
-    if not m * n:
-        return 0.0
     union = Counter(ref[i] for ref in ref_sents  # the union of LCS positions per ref sentence
                     for i in set().union(*(_lcs_positions(ref, pred) for pred in pred_sents)))
     hits = sum((union & Counter(t for s in pred_sents for t in s)).values())  # within ref's counts
-    return _fmeasure(hits / n, hits / m)
+    return _f1(hits, sum(map(len, pred_sents)), sum(map(len, ref_sents)))
 
 def rouge(prediction: str, reference: str) -> dict[str, float]:
     """The four ROUGE F-measures (in [0, 1]) of one summary. T5 turns " . " into " .\\n" first, so
     rougeLsum sees one sentence per line (rouge_score splits on "\\n" only)."""
     prediction, reference = prediction.replace(" . ", " .\n"), reference.replace(" . ", " .\n")
     pred, ref = rouge_tokenize(prediction), rouge_tokenize(reference)
-    lcs = _lcs_table(ref, pred)[-1][-1] if pred and ref else 0
     sents = [[rouge_tokenize(s) for s in x.split("\n") if s] for x in (prediction, reference)]
     return {"rouge1": _rouge_n(pred, ref, 1), "rouge2": _rouge_n(pred, ref, 2),
-            "rougeL": _fmeasure(lcs / len(pred), lcs / len(ref)) if lcs else 0.0,
+            "rougeL": _f1(_lcs_table(ref, pred)[-1][-1], len(pred), len(ref)),
             "rougeLsum": _rouge_lsum(*sents)}
 
 METRICS = {"em": lambda p, r: {"em": exact_match(p, r)},  # name -> the scores of one example
@@ -99,7 +90,5 @@ def compute_metrics(name: str, predictions: list[str], references: list) -> dict
         raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}")
     if len(predictions) != len(references) or not predictions:
         raise ValueError(f"{len(predictions)} predictions and {len(references)} references")
-    if name == "squad":
-        references = [[r] if isinstance(r, str) else list(r) for r in references]
     each = [METRICS[name](p, r) for p, r in zip(predictions, references)]
     return {key: 100.0 * sum(s[key] for s in each) / len(each) for key in each[0]}

@@ -11,6 +11,7 @@ Reading order: model.py (here), tokenizer.py, tasks.py, ... Next: tokenizer.py.
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -67,13 +68,11 @@ def relative_position_bucket(relative_position, bidirectional, num_buckets=32, m
     """T5's bucket of (key position - query position). Bidirectional (encoder): half the buckets
     for keys after the query. Causal (decoder): all for keys at or before it. Per half, distances
     below max_exact = buckets/2 get a bucket each, larger ones log-spaced ones to max_distance."""
-    bucket = torch.zeros_like(relative_position)
     if bidirectional:
         num_buckets //= 2
-        bucket += (relative_position > 0).long() * num_buckets
-        distance = relative_position.abs()
+        bucket, distance = (relative_position > 0).long() * num_buckets, relative_position.abs()
     else:
-        distance = (-relative_position).clamp_min(0)
+        bucket, distance = 0, (-relative_position).clamp_min(0)
     exact = num_buckets // 2
     # clamp_min(1) only keeps log() finite where the `where` below discards the value
     log_ratio = torch.log(distance.clamp_min(1).float() / exact) / math.log(max_distance / exact)
@@ -82,9 +81,9 @@ def relative_position_bucket(relative_position, bidirectional, num_buckets=32, m
 
 class RMSNorm(nn.Module):
     """T5's layer norm: scale only, no mean subtraction, no bias; the variance in float32."""
-    def __init__(self, d, eps):
+    def __init__(self, cfg):
         super().__init__()
-        self.weight, self.eps = nn.Parameter(torch.ones(d)), eps
+        self.weight, self.eps = nn.Parameter(torch.ones(cfg.d_model)), cfg.layer_norm_epsilon
 
     def forward(self, x):
         var = x.float().pow(2).mean(-1, keepdim=True)
@@ -95,19 +94,15 @@ class RMSNorm(nn.Module):
 
 class Attention(nn.Module):
     """Multi-head attention without 1/sqrt(d_kv): T5 folds it into q's init (see init_weights).
-
     `mask`: additive [1 or B, H or 1, Tq, Tk], position bias plus padding/causal masking. Keys and
-    values: from `x`, or `source` (cross-attention), or `cache=(k, v)` (cross-attention decoding),
-    or with `pos` this step's k, v go into the buffers `cache` at `pos` (self-attention decoding).
-    """
+    values: from `x` or `source` (cross-attention). Decoding passes `cache`: the encoder's k, v, or
+    with `pos` the self-attention buffers, into which this step's k, v go at `pos`."""
     use_sdpa = True  # False: the manual path (set on the class for all; tests compare the two)
 
     def __init__(self, cfg):
         super().__init__()
         inner = cfg.num_heads * cfg.d_kv
-        self.q = nn.Linear(cfg.d_model, inner, bias=False)
-        self.k = nn.Linear(cfg.d_model, inner, bias=False)
-        self.v = nn.Linear(cfg.d_model, inner, bias=False)
+        self.q, self.k, self.v = (nn.Linear(cfg.d_model, inner, bias=False) for _ in "qkv")
         self.o = nn.Linear(inner, cfg.d_model, bias=False)
         self.n_heads, self.d_kv, self.dropout = cfg.num_heads, cfg.d_kv, cfg.dropout_rate
 
@@ -116,16 +111,12 @@ class Attention(nn.Module):
 
     def forward(self, x, mask, source=None, cache=None, pos=None):
         B, T, _ = x.shape
-        q = self.heads(self.q(x))
-        if cache is None:
-            src = x if source is None else source
-            k, v = self.heads(self.k(src)), self.heads(self.v(src))
-        else:
-            k, v = cache
-            if pos is not None:  # self-attention decoding: append this step's keys and values
-                k[:, :, pos:pos + T] = self.heads(self.k(x))
-                v[:, :, pos:pos + T] = self.heads(self.v(x))
-                k, v = k[:, :, :pos + T], v[:, :, :pos + T]
+        q, src = self.heads(self.q(x)), x if source is None else source
+        k, v = cache or (self.heads(self.k(src)), self.heads(self.v(src)))
+        if cache and pos is not None:  # self-attention decoding: this step's k, v into the buffers
+            for buf, proj in zip(cache, (self.k, self.v)):
+                buf[:, :, pos:pos + T] = self.heads(proj(x))
+            k, v = k[:, :, :pos + T], v[:, :, :pos + T]
         p = self.dropout if self.training else 0.0
         if self.use_sdpa:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=1.0)
@@ -139,8 +130,7 @@ class MLP(nn.Module):
         super().__init__()
         self.gated = cfg.feed_forward_proj == "gated-gelu"
         if self.gated:  # v1.1's GEGLU, with the tanh GELU T5 v1.1 uses ("gelu_new")
-            self.wi_0 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-            self.wi_1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+            self.wi_0, self.wi_1 = (nn.Linear(cfg.d_model, cfg.d_ff, bias=False) for _ in "01")
         else:
             self.wi = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
@@ -151,93 +141,71 @@ class MLP(nn.Module):
             return self.wo(self.dropout(F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x)))
         return self.wo(self.dropout(F.relu(self.wi(x))))
 
-class EncoderBlock(nn.Module):
-    def __init__(self, cfg):
+class Block(nn.Module):
+    """Pre-norm residual sub-layers: self-attention, cross-attention (decoder only), MLP."""
+    def __init__(self, cfg, cross: bool):
         super().__init__()
-        self.attn_norm, self.attn = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon), Attention(cfg)
-        self.mlp_norm, self.mlp = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon), MLP(cfg)
+        self.attn_norm, self.attn = RMSNorm(cfg), Attention(cfg)
+        if cross:
+            self.cross_attn_norm, self.cross_attn = RMSNorm(cfg), Attention(cfg)
+        self.mlp_norm, self.mlp = RMSNorm(cfg), MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
-    def forward(self, x, mask):
-        x = x + self.dropout(self.attn(self.attn_norm(x), mask))
+    def forward(self, x, mask, enc=None, cross_mask=None, cache=None, pos=None):
+        c = cache or (None, None)  # decoding: (self-attention k/v buffers, cross-attention k/v)
+        x = x + self.dropout(self.attn(self.attn_norm(x), mask, None, c[0], pos))
+        if enc is not None:
+            x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), cross_mask, enc, c[1]))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
-
-class DecoderBlock(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        d, eps = cfg.d_model, cfg.layer_norm_epsilon
-        self.self_attn_norm, self.self_attn = RMSNorm(d, eps), Attention(cfg)
-        self.cross_attn_norm, self.cross_attn = RMSNorm(d, eps), Attention(cfg)
-        self.mlp_norm, self.mlp = RMSNorm(d, eps), MLP(cfg)
-        self.dropout = nn.Dropout(cfg.dropout_rate)
-
-    def forward(self, x, self_mask, enc, cross_mask, cache=None, pos=None):
-        # cache: (self-attention k/v buffers, cross-attention k/v) when decoding step by step
-        h = self.self_attn(self.self_attn_norm(x), self_mask, cache=cache and cache[0], pos=pos)
-        x = x + self.dropout(h)
-        h = self.cross_attn(self.cross_attn_norm(x), cross_mask, enc, cache=cache and cache[1])
-        x = x + self.dropout(h)
-        return x + self.dropout(self.mlp(self.mlp_norm(x)))
-
-class Stack(nn.Module):
-    """Encoder or decoder: blocks sharing one relative position bias table, then a final norm."""
-    def __init__(self, cfg, decoder):
-        super().__init__()
-        self.cfg, self.is_decoder = cfg, decoder
-        self.relative_attention_bias = nn.Embedding(cfg.relative_attention_num_buckets,
-                                                    cfg.num_heads)
-        n = cfg.num_decoder_layers if decoder else cfg.num_layers
-        self.block = nn.ModuleList([(DecoderBlock if decoder else EncoderBlock)(cfg)
-                                    for _ in range(n)])
-        self.final_layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
-        self.dropout = nn.Dropout(cfg.dropout_rate)
-
-    def position_bias(self, q_len, k_len, offset=0):
-        """[1, H, q_len, k_len] bias for queries at offset.. and keys at 0..; once per forward."""
-        c, dev = self.cfg, self.relative_attention_bias.weight.device
-        q_pos = torch.arange(offset, offset + q_len, device=dev)[:, None]
-        rel = torch.arange(k_len, device=dev) - q_pos  # key - query
-        buckets = relative_position_bucket(rel, not self.is_decoder,
-                                           c.relative_attention_num_buckets,
-                                           c.relative_attention_max_distance)
-        return self.relative_attention_bias(buckets).permute(2, 0, 1).unsqueeze(0)  # [1, H, q, k]
 
 class T5(nn.Module):
     def __init__(self, config: T5Config):
         super().__init__()
-        self.config = config
-        self.shared = nn.Embedding(config.vocab_size, config.d_model)
-        self.encoder, self.decoder = Stack(config, decoder=False), Stack(config, decoder=True)
-        if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.config, c = config, config
+        self.shared = nn.Embedding(c.vocab_size, c.d_model)
+        # encoder and decoder: blocks sharing one relative position bias table, then a final norm
+        self.encoder, self.decoder = (nn.ModuleDict(dict(
+            relative_attention_bias=nn.Embedding(c.relative_attention_num_buckets, c.num_heads),
+            block=nn.ModuleList([Block(c, cross) for _ in range(n)]),
+            final_layer_norm=RMSNorm(c)))
+            for cross, n in ((False, c.num_layers), (True, c.num_decoder_layers)))
+        if not c.tie_word_embeddings:
+            self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.dropout = nn.Dropout(c.dropout_rate)  # on the embeddings and the final norms' output
         init_weights(self)
+
+    def position_bias(self, stack, q_len, k_len, offset=0):
+        """`stack`'s [1, H, q_len, k_len] bias for queries at offset.. and keys at 0.."""
+        c, dev = self.config, stack.relative_attention_bias.weight.device
+        q_pos = torch.arange(offset, offset + q_len, device=dev)[:, None]
+        buckets = relative_position_bucket(torch.arange(k_len, device=dev) - q_pos,  # key - query
+                                           stack is self.encoder, c.relative_attention_num_buckets,
+                                           c.relative_attention_max_distance)
+        return stack.relative_attention_bias(buckets).permute(2, 0, 1).unsqueeze(0)
 
     def encode(self, input_ids, attention_mask=None):
         """Encoder output [B, S, d] and its additive key mask [B, 1, 1, S] (default: non-pad)."""
-        if attention_mask is None:
-            attention_mask = input_ids != self.config.pad_token_id
-        pad_mask = (1.0 - attention_mask[:, None, None, :].float()) * NEG_INF
-        mask = self.encoder.position_bias(input_ids.shape[1], input_ids.shape[1]) + pad_mask
-        x = self.encoder.dropout(self.shared(input_ids))
+        keep = input_ids != self.config.pad_token_id if attention_mask is None else attention_mask
+        pad_mask = (1.0 - keep[:, None, None, :].float()) * NEG_INF
+        mask = self.position_bias(self.encoder, input_ids.shape[1], input_ids.shape[1]) + pad_mask
+        x = self.dropout(self.shared(input_ids))
         for block in self.encoder.block:
             x = block(x, mask)
-        return self.encoder.dropout(self.encoder.final_layer_norm(x)), pad_mask
-
-    def logits(self, h):
-        if self.config.tie_word_embeddings:  # Mesh TF / T5X rescale before the tied projection
-            return F.linear(h * self.config.d_model ** -0.5, self.shared.weight)
-        return self.lm_head(h)
+        return self.dropout(self.encoder.final_layer_norm(x)), pad_mask
 
     def decode(self, decoder_input_ids, enc, cross_mask, cache=None, pos=0):
         """Logits for the decoder input, or with generate's KV cache for one token at `pos`."""
         T = decoder_input_ids.shape[1]
-        mask = self.decoder.position_bias(T, pos + T, offset=pos)  # [1, H, T, pos + T]
+        mask = self.position_bias(self.decoder, T, pos + T, offset=pos)  # [1, H, T, pos + T]
         if cache is None:  # mask keys after the query (a cached step has none)
             mask = mask + torch.full((T, T), NEG_INF, device=enc.device).triu(1)
-        x = self.decoder.dropout(self.shared(decoder_input_ids))
+        x = self.dropout(self.shared(decoder_input_ids))
         for block, c in zip(self.decoder.block, cache or [None] * len(self.decoder.block)):
             x = block(x, mask, enc, cross_mask, cache=c, pos=pos)
-        return self.logits(self.decoder.dropout(self.decoder.final_layer_norm(x)))
+        x = self.dropout(self.decoder.final_layer_norm(x))
+        if self.config.tie_word_embeddings:  # Mesh TF / T5X rescale before the tied projection
+            return F.linear(x * self.config.d_model ** -0.5, self.shared.weight)
+        return self.lm_head(x)
 
     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, labels=None,
                 z_loss: float = 0.0):
@@ -257,8 +225,7 @@ class T5(nn.Module):
             per_token = per_token + z_loss * lse.pow(2)
         return logits, (per_token * keep).sum() / keep.sum()
 
-    def _start_cache(self, enc, max_len):
-        """Per decoder block: (preallocated self-attention k/v buffers, cross-attention k/v)."""
+    def _start_cache(self, enc, max_len):  # per decoder block: (self-attn k/v buffers, cross k/v)
         shape = (enc.shape[0], self.config.num_heads, max_len, self.config.d_kv)
         return [((enc.new_zeros(shape), enc.new_zeros(shape)),
                  (b.cross_attn.heads(b.cross_attn.k(enc)), b.cross_attn.heads(b.cross_attn.v(enc))))
@@ -268,124 +235,105 @@ class T5(nn.Module):
     def generate(self, input_ids, attention_mask=None, max_new_tokens=64, num_beams=1,
                  length_penalty=0.6, return_all_beams=False):
         """Generated ids [B, <=max_new_tokens] without the start token; EOS kept, pad after it.
-        num_beams=1: batched greedy. num_beams>1: T5X's beam search, scoring a finished beam by
-        log p / ((5 + length) / 6) ** length_penalty (length counts the EOS); returns the best
-        beam, or with return_all_beams=True all of them best first (ids [B, K, L], scores [B, K]).
-        """
+        num_beams=1: greedy. num_beams>1: T5X's beam search, scoring a finished beam by log p /
+        ((5 + length) / 6) ** length_penalty (length counts the EOS); returns the best beam, or
+        with return_all_beams=True all, best first (ids [B, K, L], scores [B, K])."""
         if max_new_tokens < 1 or num_beams < 1 or (num_beams == 1 and return_all_beams):
             raise ValueError(f"generate needs max_new_tokens >= 1 (got {max_new_tokens}) and "
                              f"num_beams >= 1, > 1 for return_all_beams (got {num_beams})")
-        was_training = self.training
-        self.eval()
-        try:
-            enc, cross_mask = self.encode(input_ids, attention_mask)
-            if num_beams == 1:
-                return self._greedy(enc, cross_mask, max_new_tokens)
-            return self._beam_search(enc, cross_mask, max_new_tokens, num_beams, length_penalty,
-                                     return_all_beams)
-        finally:
-            self.train(was_training)
-
-    def _greedy(self, enc, cross_mask, max_new_tokens):
-        cfg, B = self.config, enc.shape[0]
-        cache = self._start_cache(enc, max_new_tokens)
-        tokens = torch.full((B, 1), cfg.decoder_start_token_id, dtype=torch.long, device=enc.device)
-        done = torch.zeros(B, dtype=torch.bool, device=enc.device)
-        out = []  # one [B] tensor per step
-        for pos in range(max_new_tokens):
-            nxt = self.decode(tokens, enc, cross_mask, cache, pos)[:, -1].argmax(-1)
-            out.append(nxt.masked_fill(done, cfg.pad_token_id))  # rows past their EOS only pad
-            done |= out[-1] == cfg.eos_token_id
-            if done.all():
-                break
-            tokens = out[-1][:, None]
-        return torch.stack(out, 1)
+        was_training, cfg = self.training, self.config
+        enc, cross_mask = self.eval().encode(input_ids, attention_mask)  # eval: no dropout
+        if num_beams > 1:
+            out = self._beam_search(enc, cross_mask, max_new_tokens, num_beams, length_penalty,
+                                    return_all_beams)
+        else:  # greedy, all rows at once
+            cache, B = self._start_cache(enc, max_new_tokens), enc.shape[0]
+            out = [torch.full((B,), cfg.decoder_start_token_id, device=enc.device)]
+            done = torch.zeros(B, dtype=torch.bool, device=enc.device)
+            for pos in range(max_new_tokens):
+                nxt = self.decode(out[-1][:, None], enc, cross_mask, cache, pos)[:, -1].argmax(-1)
+                out.append(nxt.masked_fill(done, cfg.pad_token_id))  # past their EOS: only pad
+                done |= out[-1] == cfg.eos_token_id
+                if done.all():
+                    break
+            out = torch.stack(out[1:], 1)
+        self.train(was_training)
+        return out
 
     def _beam_search(self, enc, cross_mask, L, K, alpha, return_all_beams):
         """Batch x beams at once: row b*K + k of every [B*K, ...] tensor is batch b, beam k."""
-        cfg, B, dev = self.config, enc.shape[0], enc.device
+        cfg, B, V, dev = self.config, enc.shape[0], self.config.vocab_size, enc.device
         bp = lambda n: ((5.0 + n) / 6.0) ** alpha  # noqa: E731  T5X's brevity penalty
+        take = lambda seq, idx: seq.gather(1, idx[:, :, None].expand(-1, -1, 1 + L))  # noqa: E731
         enc, cross_mask = enc.repeat_interleave(K, 0), cross_mask.repeat_interleave(K, 0)
         cache = self._start_cache(enc, L)
-        # every beam starts as the empty sequence; only beam 0 counts (the others are copies)
-        alive_seq = torch.zeros(B, K, L, dtype=torch.long, device=dev)
+        # [B, K, 1 + L] ids after the start token; all beams start empty, only beam 0 counts
+        alive_seq = fin_seq = torch.full((B, K, 1 + L), cfg.decoder_start_token_id, device=dev)
         alive_lp = torch.tensor([0.0] + [-1e7] * (K - 1), device=dev).repeat(B, 1)
-        fin_seq, fin_score = torch.zeros_like(alive_seq), torch.full((B, K), -1e7, device=dev)
-        fin_flag = torch.zeros(B, K, dtype=torch.bool, device=dev)
-        tokens = torch.full((B * K, 1), cfg.decoder_start_token_id, dtype=torch.long, device=dev)
+        fin_score, fin_flag = torch.full_like(alive_lp, -1e7), torch.zeros_like(alive_lp).bool()
         for pos in range(L):
-            logits = self.decode(tokens, enc, cross_mask, cache, pos)[:, -1].float()
-            V = logits.shape[-1]
-            cand = (torch.log_softmax(logits, -1).view(B, K, V) + alive_lp[:, :, None]).view(B, -1)
+            logits = self.decode(alive_seq[:, :, pos].reshape(-1, 1), enc, cross_mask, cache, pos)
+            cand = torch.log_softmax(logits[:, -1].float(), -1).view(B, K, V) + alive_lp[:, :, None]
             # top 2K: even if K of them end in EOS (one per beam at most), K remain to continue
-            top_lp, top_idx = cand.topk(2 * K, dim=-1)  # [B, 2K]
+            top_lp, top_idx = cand.view(B, -1).topk(2 * K, dim=-1)  # [B, 2K]
             src_beam, tok = top_idx // V, top_idx % V
-            seq = alive_seq.gather(1, src_beam[:, :, None].expand(B, 2 * K, L))  # [B, 2K, L]
-            seq[:, :, pos] = tok
+            seq = take(alive_seq, src_beam)  # [B, 2K, 1 + L]
+            seq[:, :, pos + 1] = tok
             eos = tok == cfg.eos_token_id
             # alive: the K best that did not just end; each one's cache follows its parent beam
             alive_lp, a_idx = top_lp.masked_fill(eos, -1e7 * 2).topk(K, dim=-1)
-            alive_seq = seq.gather(1, a_idx[:, :, None].expand(B, K, L))
+            alive_seq = take(seq, a_idx)
             rows = (torch.arange(B, device=dev)[:, None] * K + src_beam.gather(1, a_idx)).view(-1)
             for buf in [kv for self_kv, _ in cache for kv in self_kv]:
                 buf[:, :, :pos + 1] = buf[rows, :, :pos + 1]
             # finished: merge the newly ended (penalised by their length) into the K best so far
             new_score = torch.where(eos, top_lp / bp(pos + 1), torch.full_like(top_lp, -1e7))
             fin_score, f_idx = torch.cat([fin_score, new_score], 1).topk(K, dim=-1)
-            fin_seq = torch.cat([fin_seq, seq], 1).gather(1, f_idx[:, :, None].expand(B, K, L))
+            fin_seq = take(torch.cat([fin_seq, seq], 1), f_idx)
             fin_flag = torch.cat([fin_flag, eos], 1).gather(1, f_idx)
-            tokens = alive_seq[:, :, pos].reshape(B * K, 1)
-            # stop once no alive beam can beat the worst finished one even at the longest length
-            # (log p only falls as a beam grows, and a longer length divides by a larger penalty)
+            # stop once no alive beam can beat the worst finished one (log p only falls with length)
             worst_fin = torch.where(fin_flag.all(1), fin_score.min(1).values, -1e7)
             if bool((worst_fin > alive_lp[:, 0] / bp(L)).all()):
                 break
         none = ~fin_flag.any(1)  # a row where nothing finished returns its alive beams, as T5X does
-        fin_seq = torch.where(none[:, None, None], alive_seq, fin_seq)[:, :, :pos + 1]
+        fin_seq = torch.where(none[:, None, None], alive_seq, fin_seq)[:, :, 1:pos + 2]
         fin_score = torch.where(none[:, None], alive_lp, fin_score)
         return (fin_seq, fin_score) if return_all_beams else fin_seq[:, 0]
 
-    def num_params(self, non_embedding=False) -> int:
-        """Parameter count; non_embedding=True leaves out the embedding and an untied lm_head."""
-        skip = ("shared.weight", "lm_head.weight") if non_embedding else ()
-        return sum(p.numel() for k, p in self.named_parameters() if k not in skip)
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # a tied lm_head is `shared`, counted once
 
     def flops_per_token(self, src_len, tgt_len) -> float:
-        """Matmul FLOPs (2*m*n*k each) of one forward per target token, for src_len -> tgt_len:
-        every projection, attention's score and value matmuls (dense: the causal half too, as the
-        kernels do), the encoder spread over the target tokens; no norms, softmax or loss."""
-        c = self.config
+        """Matmul FLOPs (2*m*n*k each) of one forward per target token, the encoder's spread over
+        them: projections, attention scores and values (the causal half too, as kernels do)."""
+        c, S, T = self.config, src_len, tgt_len
         inner, n_ff = c.num_heads * c.d_kv, 3 if c.feed_forward_proj == "gated-gelu" else 2
-        proj, mlp = 2 * 4 * c.d_model * inner, 2 * n_ff * c.d_model * c.d_ff
-        enc = c.num_layers * src_len * (proj + mlp + 2 * 2 * src_len * inner)
-        self_attn, cross_qo = proj + 2 * 2 * tgt_len * inner, proj // 2 + 2 * 2 * src_len * inner
-        dec = c.num_decoder_layers * tgt_len * (self_attn + cross_qo + mlp)
-        cross_kv = c.num_decoder_layers * src_len * proj // 2  # on the encoder output, per layer
-        return (enc + dec + cross_kv + tgt_len * 2 * c.d_model * c.vocab_size) / tgt_len
+        two, mlp = 2 * 2 * c.d_model * inner, 2 * n_ff * c.d_model * c.d_ff  # two: 2 projections
+        enc = c.num_layers * S * (2 * two + mlp + 2 * 2 * S * inner)
+        # per target token: self-attention, cross-attention's q and o; k and v per source token
+        dec = c.num_decoder_layers * (T * (3 * two + mlp + 2 * 2 * (T + S) * inner) + S * two)
+        return (enc + dec + T * 2 * c.d_model * c.vocab_size) / T
 
     @classmethod
     def from_pretrained(cls, path) -> "T5":
         """Load a Hugging Face T5 folder: config.json, model.safetensors or pytorch_model.bin."""
         with open(os.path.join(path, "config.json")) as fh:
             hf = json.load(fh)
-        names = [f.name for f in fields(T5Config)]
-        cfg = T5Config(**{k: hf[k] for k in names if hf.get(k) is not None})
+        cfg = T5Config(**{k: hf[k] for k in asdict(T5Config()) if hf.get(k) is not None})
         cfg.num_decoder_layers = hf.get("num_decoder_layers") or cfg.num_layers  # old: not stored
         st, pt = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
-        if os.path.exists(st):
-            tensors = load_safetensors(st)
-        elif os.path.exists(pt):
-            tensors = torch.load(pt, map_location="cpu", weights_only=True)
-        else:
+        if not os.path.exists(st) and not os.path.exists(pt):
             raise FileNotFoundError(f"{path} holds neither model.safetensors nor pytorch_model.bin")
+        tensors = (load_safetensors(st) if os.path.exists(st)
+                   else torch.load(pt, map_location="cpu", weights_only=True))
         if "scale_decoder_outputs" in hf:  # transformers >= 5: tie_word_embeddings is always true,
             # this says if logits are rescaled, and an lm_head.weight unlike shared.weight unties
             cfg.tie_word_embeddings = bool(hf["scale_decoder_outputs"])  # we tie iff we rescale
             lm = tensors.get("lm_head.weight")
-            if not cfg.tie_word_embeddings and (lm is None or _same(lm, _embedding(tensors))):
-                raise UserError(f"{path}: scale_decoder_outputs=false with lm_head.weight absent "
-                                "or equal to shared.weight: tied embeddings without the logit "
-                                "rescale, which this T5 cannot represent")
+            if not cfg.tie_word_embeddings and (lm is None or any(
+                    torch.equal(lm, tensors[k]) for k in EMBEDDING_COPIES if k in tensors)):
+                raise UserError(f"{path}: scale_decoder_outputs=false, no lm_head.weight unlike "
+                                "shared.weight: tied unscaled logits, which we cannot represent")
         with torch.device("meta"):  # skip the random init: every tensor is overwritten below
             model = cls(cfg).to_empty(device="cpu")
         model.load_state_dict(hf_to_ours(tensors, model))
@@ -403,45 +351,33 @@ class T5(nn.Module):
         save_safetensors({names[k]: v for k, v in self.state_dict().items()},
                          os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
 
+# Our parameter names -> Hugging Face's, one re.sub after another. HF numbers a block's sub-layers
+# (self-attention, decoder: cross-attention, MLP), keeps the position bias in block 0's layer 0.
+HF_RENAMES = [(r"^(\w+)\.(relative_attention_bias)", r"\1.block.0.layer.0.SelfAttention.\2"),
+              (r"\.attn", ".layer.0.SelfAttention"), (r"\.cross_attn", ".layer.1.EncDecAttention"),
+              (r"^(encoder\.block\.\d+)\.mlp", r"\1.layer.1.DenseReluDense"),
+              (r"^(decoder\.block\.\d+)\.mlp", r"\1.layer.2.DenseReluDense"),
+              (r"(layer\.\d)\.\w+_norm", r"\1.layer_norm")]  # e.g. layer.0.SelfAttention_norm
+
 def hf_names(cfg: T5Config) -> dict:
     """Our parameter name -> Hugging Face T5ForConditionalGeneration name."""
-    ff = ["wi_0", "wi_1", "wo"] if cfg.feed_forward_proj == "gated-gelu" else ["wi", "wo"]
-    m = {k: k for k in ["shared.weight"] + ["lm_head.weight"] * (not cfg.tie_word_embeddings)}
-    for stack, n, layers in (("encoder", cfg.num_layers, [("attn", "SelfAttention")]),
-                             ("decoder", cfg.num_decoder_layers,
-                              [("self_attn", "SelfAttention"), ("cross_attn", "EncDecAttention")])):
-        m[f"{stack}.final_layer_norm.weight"] = f"{stack}.final_layer_norm.weight"
-        m[f"{stack}.relative_attention_bias.weight"] = (  # HF: in the first block
-            f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
-        for i in range(n):
-            ours, theirs = f"{stack}.block.{i}.", f"{stack}.block.{i}.layer."
-            for j, (attn, hf_attn) in enumerate(layers):
-                m[f"{ours}{attn}_norm.weight"] = f"{theirs}{j}.layer_norm.weight"
-                m |= {f"{ours}{attn}.{w}.weight": f"{theirs}{j}.{hf_attn}.{w}.weight"
-                      for w in "qkvo"}
-            j = len(layers)  # the MLP comes after the attention sub-layers
-            m[f"{ours}mlp_norm.weight"] = f"{theirs}{j}.layer_norm.weight"
-            m |= {f"{ours}mlp.{w}.weight": f"{theirs}{j}.DenseReluDense.{w}.weight" for w in ff}
-    return m
+    with torch.device("meta"):
+        theirs = ours = list(T5(cfg).state_dict())
+    for pattern, repl in HF_RENAMES:
+        theirs = [re.sub(pattern, repl, name) for name in theirs]
+    return dict(zip(ours, theirs))
 
-_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")  # of shared.weight
-
-def _embedding(tensors):  # shared.weight, or an alias where a file holds only those
-    return next((tensors[k] for k in ("shared.weight", *_ALIASES) if k in tensors), None)
-
-def _same(a, b) -> bool:
-    return b is not None and torch.equal(a, b)
+EMBEDDING_COPIES = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
 def hf_to_ours(tensors: dict, model: T5) -> dict:
     """Rename a HF state dict onto `model`'s names, checking names and shapes, and that the
-    embedding's aliases (and a tied lm_head.weight) equal it; one error lists every fault."""
-    tensors, problems, out, emb = dict(tensors), [], {}, _embedding(tensors)
-    if emb is not None:
-        tensors["shared.weight"] = emb
-    for alias in _ALIASES + ("lm_head.weight",) * model.config.tie_word_embeddings:
-        if alias in tensors and not _same(tensors.pop(alias), emb):
-            problems.append(f"tensor {alias!r} differs from shared.weight, whose tied copy it is")
-    expected, names = model.state_dict(), hf_names(model.config)
+    embedding's copies (EMBEDDING_COPIES, a tied lm_head) agree; one error lists every fault."""
+    tensors, tied = dict(tensors), model.config.tie_word_embeddings
+    copies = [k for k in EMBEDDING_COPIES + ("lm_head.weight",) * tied if k in tensors]
+    emb = tensors["shared.weight"] = tensors.pop(copies[0]) if copies else None  # None: missing
+    problems = [f"tensor {k!r} differs from shared.weight, whose tied copy it is"
+                for k in copies[1:] if not torch.equal(tensors.pop(k), emb)]
+    names, expected = hf_names(model.config), model.state_dict()
     for ours, theirs in names.items():
         t, want = tensors.get(theirs), tuple(expected[ours].shape)
         if t is None:
@@ -449,14 +385,12 @@ def hf_to_ours(tensors: dict, model: T5) -> dict:
         elif tuple(t.shape) != want:
             problems.append(f"tensor {theirs!r} has shape {tuple(t.shape)}, expected {want} "
                             f"(for {ours})")
-        else:
-            out[ours] = t
     problems += [f"unexpected tensor {k!r}" for k in sorted(set(tensors) - set(names.values()))
                  # old HF files also saved an unused cross-attention position bias
                  if not k.endswith("EncDecAttention.relative_attention_bias.weight")]
     if problems:
         raise UserError("checkpoint does not match the T5 config: " + "; ".join(problems))
-    return out
+    return {ours: tensors[theirs] for ours, theirs in names.items()}
 
 # safetensors: 8-byte little-endian header size, JSON header, raw little-endian tensor bytes
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
@@ -472,8 +406,7 @@ def save_safetensors(tensors: dict, path, metadata=None):
             raise ValueError(f"tensor {name!r}: dtype {t.dtype} is not supported by safetensors")
         raws.append(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         header[name] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(raws[-1])]}
-        offset += len(raws[-1])
+                        "data_offsets": [offset, offset := offset + len(raws[-1])]}
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # data starts 8-byte aligned, as the reference writer does
     atomic_write(path, b"".join([len(head).to_bytes(8, "little"), head, *raws]))
@@ -488,22 +421,18 @@ def load_safetensors(path) -> dict:
     header.pop("__metadata__", None)
     data = torch.frombuffer(buf, dtype=torch.uint8)[8 + n:]
     for name, info in header.items():
-        if info["dtype"] not in SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        dtype, shape = SAFETENSORS_DTYPES[info["dtype"]], info["shape"]
-        lo, hi = info["data_offsets"]
+        dtype, (lo, hi) = SAFETENSORS_DTYPES.get(info["dtype"]), info["data_offsets"]
         raw = data[lo:hi].clone()  # own, aligned memory: the file image is dropped
-        if hi - lo != math.prod(shape) * dtype.itemsize or len(raw) != hi - lo:
-            raise ValueError(f"{path}: tensor {name!r} has data_offsets {[lo, hi]} that do not "
-                             f"fit shape {shape} of {info['dtype']}")
-        out[name] = raw.view(dtype).reshape(shape)
+        if dtype is None or not len(raw) == hi - lo == math.prod(info["shape"]) * dtype.itemsize:
+            raise ValueError(f"{path}: tensor {name!r}: unsupported dtype {info['dtype']}, or "
+                             f"data_offsets {[lo, hi]} that do not fit its shape {info['shape']}")
+        out[name] = raw.view(dtype).reshape(info["shape"])
     return out
 
 @torch.no_grad()
 def init_weights(model: T5, generator=None) -> None:
-    """T5X's default fresh init (`t5x/examples/t5/layers.py`, `network.py`), tensor by tensor.
-    nn.Linear weights are [out, in], so fan_in is shape[1]. Truncated normals are cut at +-2 sigma
-    as JAX does, sigma raised so that the result has the std asked for."""
+    """T5X's default fresh init (`t5x/examples/t5/layers.py`, `network.py`). nn.Linear weights are
+    [out, in]: fan_in is shape[1]. Truncated normals: cut at +-2 sigma as in JAX, sigma raised."""
     c = model.config
     for name, p in model.named_parameters():
         leaf = name.rsplit(".", 2)[-2]  # module name: q, k, wi_0, relative_attention_bias, ...

@@ -2,7 +2,7 @@
 
 The simple tasks, LIME, nonsense summarisation, the nesting language (Sections 3.1-3.4, Appendix A),
 T5 span corruption of natural_text/ (the natural baseline), mixtures 'a+b', streams and batching.
-Run: python tasks.py --task=set --n=3 prints examples, --bench=True examples/s per task.
+Run: python tasks.py --task=set --n=3 prints examples (-h: settings).
 Our choices where the original is unverified or accidental:
 * Content ids are 2..n-101 (T5: 2..31999), unk=2 included as the original drew it.
 * Without a tokenizer a word is its index in WORDS wrapped onto 3..n-101 (T5's ids at n=32100 for
@@ -12,7 +12,7 @@ Our choices where the original is unverified or accidental:
 * Nonsense summaries are " ".join(lines).lower(); natural windows start at a random character.
 Reading order: model.py, tokenizer.py, tasks.py (here), config.py, ... Next: config.py.
 """
-import bisect, itertools, os, random, time
+import bisect, itertools, os, random
 from array import array
 from collections import Counter
 from dataclasses import dataclass
@@ -35,12 +35,8 @@ def content_ids(vocab, n_task_tokens=None):
 def word_id(word, vocab):  # our choice without a tokenizer: 3 + (index in WORDS) mod (n-103)
     return 3 + _WORD_INDEX[word] % (vocab.size - vocab.num_sentinels - 3)
 
-def _index(a, b):  # first i with a[i:i+len(b)] == b, else -1, ~10x faster than a Python loop
-    A, B = array("i", a).tobytes(), array("i", b).tobytes()
-    i = A.find(B)
-    while i > 0 and i % 4:  # a hit inside a 4-byte token is no token-level hit
-        i = A.find(B, i + 1)
-    return i // 4 if i >= 0 else -1
+def _index(a, b):  # the first i with a[i:i+len(b)] == b, else -1
+    return next((i for i, t in enumerate(a) if t == b[0] and a[i:i + len(b)] == b), -1)
 
 class Gen:
     """A task's settings (lengths lo..hi, content ids V, special ids) and generators. A simple task
@@ -67,10 +63,8 @@ class Gen:
         return ids[1:] if len(ids) > 1 and not self.tok.decode(ids[:1]).strip() else ids
 
     def partition(self, rng, n, k, low=1):  # multinomial(n-k*low, uniform over k) + low:
-        parts = [low] * k  # (7, 3) -> [2, 4, 1]
-        for j in rng.choices(range(k), k=n - k * low):
-            parts[j] += 1
-        return parts
+        hits = Counter(rng.choices(range(k), k=n - k * low))  # (7, 3) -> [2, 4, 1]
+        return [low + hits[j] for j in range(k)]
 
     def runs(self, rng, n, types):  # types[j] repeated part_j times
         return [t for t, m in zip(types, self.partition(rng, n, len(types))) for _ in range(m)]
@@ -185,10 +179,6 @@ class Gen:
         raise ValueError(f"LIME ({mode}): no example of at most max_len={self.hi} ids in 1000 "
                          "draws; its inputs are 74-200 ids long, use max_len >= 128 (paper: 220)")
 
-    def nonsense(self, rng):  # " ".join(lines).lower() of article and summary (no tags, A.7)
-        art, summ = nonsense_document(rng)
-        return self.text(" ".join(art).lower()), self.text(" ".join(summ).lower())
-
     def nesting(self, rng, ids, n_tokens):  # sentences from a random offset, as T5's chunks
         first = nesting_sentence(rng, ids)
         toks = first[rng.randrange(len(first)):]
@@ -283,13 +273,11 @@ class Transform:
             m = (3 if t in ("d4", "d5") else 2 * rng.randint(1, 2) + 1 if t == "d12"  # lines
                  else rng.randint(2, 5) if t == "d13" else 1)
             for i in _pick(lines, m, rng):  # a keyword each, with replacement; d18: src_i only
-                w = lines[i]
-                w[rng.choice(_free(w))] = rng.choice(K[:20] if t == "d18" else K)
+                lines[i][rng.choice(_free(lines[i]))] = rng.choice(K[:20] if t == "d18" else K)
         elif t in ("d6", "d16", "d19"):  # distinct keywords, the i-th picked line gets the i-th
             m = rng.randint(1, 4) if t == "d16" else 3
-            for i, kw in zip(_pick(lines, m, rng), rng.sample(K, m)):
-                w = lines[i]
-                w[rng.choice(_free(w, 2 if t == "d19" else 1))] = kw  # d19: p <= L-3
+            for i, kw in zip(_pick(lines, m, rng), rng.sample(K, m)):  # d19: p <= L-3
+                lines[i][rng.choice(_free(lines[i], 2 if t == "d19" else 1))] = kw
         elif t == "d7":  # quotes around w[b:e]; b >= 1 if w[0] is a keyword (a bullet stays first)
             w = lines[_pick(lines, 1, rng)[0]]
             b = rng.randint(0 if "_" not in w[0] else 1, len(w) - 1)
@@ -425,10 +413,12 @@ class NaturalText:
     start at a uniformly random character; documents are tokenized when first drawn."""
 
     def __init__(self, path, tokenizer, vocab, n_tokens):
-        if not os.path.isfile(path):  # checked here, while the file is read on first use
+        if not os.path.isfile(path):
             raise FileNotFoundError(f"natural task: {path} not found (see --data_dir)")
-        self.path, self.tok, self.vocab, self.n = path, tokenizer, vocab, n_tokens
-        self.docs, self.cache = None, {}
+        with open(path, encoding="utf-8") as f:
+            self.docs = [d.strip() for d in f.read().split("\n\n") if d.strip()]
+        self.cum = list(itertools.accumulate(len(d) for d in self.docs))
+        self.tok, self.vocab, self.n, self.cache = tokenizer, vocab, n_tokens, {}
 
     def tokens(self, d):
         if d not in self.cache:
@@ -436,39 +426,31 @@ class NaturalText:
         return self.cache[d]
 
     def __call__(self, rng):
-        if self.docs is None:  # read on first use, so building the task is cheap
-            with open(self.path, encoding="utf-8") as f:
-                self.docs = [d.strip() for d in f.read().split("\n\n") if d.strip()]
-            self.cum = list(itertools.accumulate(len(d) for d in self.docs))
         d = bisect.bisect_right(self.cum, rng.randrange(self.cum[-1]))
         toks = self.tokens(d)
         start = rng.randint(0, max(0, len(toks) - self.n))
         out = list(toks[start:start + self.n])
-        for _ in range(len(self.docs)):  # following documents, no separator, as T5 packs them
+        for k in range(1, len(self.docs) + 1):  # following documents, no separator, as T5 packs
             if len(out) >= self.n:
                 break
-            d = (d + 1) % len(self.docs)
-            out += self.tokens(d)[:self.n - len(out)]
+            out += self.tokens((d + k) % len(self.docs))[:self.n - len(out)]
         return span_corrupt(out, self.vocab, rng)
 
 # ------------------------------------------------------------------------- tasks, streams, batches
 class Task:
-    """A named generator: example(rng) -> (source ids, target ids), EOS appended to both, as the
-    original did at load time. Only `natural` reads another file for the validation split."""
+    """A named generator: example(rng, split) -> (source ids, target ids), EOS appended to both, as
+    the original did at load time; only `natural` reads another file for validation. A mixture
+    'a+b' draws one of its parts per example, with its rng, at equal rates (seqio's default)."""
 
-    def __init__(self, name, fn, fn_validation=None, parts=None):
-        self.name, self.parts = name, parts or [name]
-        self._fns = {"train": fn, "validation": fn_validation or fn}
+    def __init__(self, name, fn=None, fn_validation=None, parts=()):
+        self.name, self.parts = name, parts
+        self.fns = {"train": fn, "validation": fn_validation or fn}
 
     def example(self, rng, split="train"):
-        src, tgt = self._fns[split](rng)
+        if self.parts:
+            return rng.choice(self.parts).example(rng, split)
+        src, tgt = self.fns[split](rng)
         return src + [EOS], tgt + [EOS]
-
-def _mixture(name, tasks):  # equal rates (seqio's default_rate=1), drawn with the example's rng
-    def pick(split):
-        fns = [t._fns[split] for t in tasks]
-        return lambda rng: fns[rng.randrange(len(fns))](rng)
-    return Task(name, pick("train"), pick("validation"), parts=[p for t in tasks for p in t.parts])
 
 def get_task(name, vocab, *, tokenizer=None, data_dir=None, min_len=10, max_len=220,
              n_task_tokens=None):
@@ -480,11 +462,9 @@ def get_task(name, vocab, *, tokenizer=None, data_dir=None, min_len=10, max_len=
         raise ValueError(f"unknown task(s) {unknown}; choose from {TASKS}, or mix them as 'a+b+c'")
     if not 4 <= min_len <= max_len:
         raise ValueError(f"need 4 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
-    if tokenizer is not None and tokenizer.size != vocab.size:
-        raise ValueError(f"tokenizer size {tokenizer.size} != vocab size {vocab.size}")
     g = Gen(vocab, tokenizer, min_len, max_len, n_task_tokens)  # shared by a mixture's parts
     tasks = [_build(s, g, data_dir) for s in names]
-    return tasks[0] if len(tasks) == 1 else _mixture(name, tasks)
+    return tasks[0] if len(tasks) == 1 else Task(name, parts=tasks)
 
 def _build(name, g, data_dir):
     if name in SIMPLE:  # the prefix as the original spelled it, encoded once
@@ -494,10 +474,10 @@ def _build(name, g, data_dir):
         if len(g.V) < 68:
             raise ValueError(f"LIME draws 68 distinct ids; n_task_tokens={len(g.V)} is too small")
         if name == "lime":
-            return _mixture("lime", [_build("lime_" + m, g, data_dir) for m in LIME_MODES])
+            return Task(name, parts=[_build("lime_" + m, g, data_dir) for m in LIME_MODES])
         return Task(name, lambda rng: g.lime(rng, name[5:]))  # no task-name prefix
-    if name == "nonsense_summary":
-        return Task(name, g.nonsense)
+    if name == "nonsense_summary":  # " ".join(lines).lower() of article and summary (no tags, A.7)
+        return Task(name, lambda rng: [g.text(" ".join(x).lower()) for x in nonsense_document(rng)])
     n_tokens = span_tokens_length(g.hi)  # the raw chunk whose corrupted input fits max_len
     if name == "nesting_language":
         ids = [i for i in g.V if i != g.vocab.unk_id]  # our choice: unk is not a nesting symbol
@@ -514,8 +494,6 @@ class TaskStream:
     with sha512: stable across processes), so batch size and restarts do not change the data."""
 
     def __init__(self, task, seed, split="train", start=0):
-        if split not in ("train", "validation"):
-            raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
         self.task, self.seed, self.split, self.position = task, int(seed), split, int(start)
 
     def next_examples(self, n):
@@ -524,15 +502,14 @@ class TaskStream:
         self.position += n
         return out
 
-def collate(examples, max_src_len, max_tgt_len, pad_id=0, pad_to_max=False):
-    """Pad to the longest sequence (or to the max lengths if pad_to_max: fixed shapes), cutting
-    longer ones as seqio's trim does (the EOS is lost): ({"input_ids", "attention_mask", "labels"
-    (-100 on padding)}, the number of examples cut)."""
+def collate(examples, max_src_len, max_tgt_len):
+    """Pad (id 0) to the longest sequence, cutting longer ones as seqio's trim does (the EOS is
+    lost): ({"input_ids", "attention_mask", "labels" (-100 on padding)}, the number cut)."""
     n_cut = sum(len(s) > max_src_len or len(t) > max_tgt_len for s, t in examples)
-    S = max_src_len if pad_to_max else min(max_src_len, max(len(s) for s, _ in examples))
-    T = max_tgt_len if pad_to_max else min(max_tgt_len, max(len(t) for _, t in examples))
+    S = min(max_src_len, max(len(s) for s, _ in examples))
+    T = min(max_tgt_len, max(len(t) for _, t in examples))
     src, tgt = [s[:S] for s, _ in examples], [t[:T] for _, t in examples]
-    return {"input_ids": torch.tensor([s + [pad_id] * (S - len(s)) for s in src]),  # lists, then
+    return {"input_ids": torch.tensor([s + [0] * (S - len(s)) for s in src]),  # lists, then
             "attention_mask": torch.tensor([[1] * len(s) + [0] * (S - len(s)) for s in src]),
             "labels": torch.tensor([t + [-100] * (T - len(t)) for t in tgt])}, n_cut  # a tensor
 
@@ -543,28 +520,19 @@ class TasksConfig:
     vocab_size: int = T5_SIZE        # ids without a tokenizer (32100: T5's ids for names, yes/no)
     tokenizer: str = ""              # a tokenizer file (tokenizer.py): its size then decides
     data_dir: str = config.DATA_DIR  # holds natural_text/ for the task natural
-    bench: bool = False              # instead: examples/s of every task on one core
 
 def main(argv):
     cfg = config.parse(TasksConfig, argv, doc=__doc__)
     config.check_range("vocab_size", cfg.vocab_size, 200)
     tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
     vocab = tok or Vocab(cfg.vocab_size)  # a tokenizer is a Vocab: its size decides the layout
-    for name in (TASKS if tok else TASKS[:-1]) if cfg.bench else [cfg.task]:
-        try:
-            task = get_task(name, vocab, tokenizer=tok, data_dir=cfg.data_dir)
-        except ValueError as e:  # e.g. an unknown task name
-            raise config.UserError(f"--task={name}: {e}") from None
-        if not cfg.bench:
-            for src, tgt in TaskStream(task, 0).next_examples(cfg.n):
-                print(f"source ({len(src)} ids): {src}\ntarget ({len(tgt)} ids): {tgt}")
-                print(f"as text: {tok.decode(src)!r} -> {tok.decode(tgt)!r}\n" if tok else "")
-            continue
-        task.example(random.Random(-1))  # loads files and caches outside the timed part
-        t0 = time.perf_counter()
-        for i in range(500):
-            task.example(random.Random(f"train/0/{i}"))
-        print(f"{name:18s} {500 / (time.perf_counter() - t0):9.0f} examples/s")
+    try:
+        task = get_task(cfg.task, vocab, tokenizer=tok, data_dir=cfg.data_dir)
+    except ValueError as e:  # e.g. an unknown task name
+        raise config.UserError(f"--task={cfg.task}: {e}") from None
+    for src, tgt in TaskStream(task, 0).next_examples(cfg.n):
+        print(f"source ({len(src)} ids): {src}\ntarget ({len(tgt)} ids): {tgt}")
+        print(f"as text: {tok.decode(src)!r} -> {tok.decode(tgt)!r}\n" if tok else "")
 
 if __name__ == "__main__":
     config.main(main)

@@ -2,10 +2,10 @@
 
 Vocab is the id arithmetic; a Tokenizer adds encode and decode: BPETokenizer (train_bpe), a
 byte-level BPE trained from scratch, or UnigramTokenizer, T5's model read from its tokenizer.json.
-Run: python tokenizer.py --size=8192   trains (or loads) a BPE and prints tokens/char (-h: settings)
+Run: python tokenizer.py --size=8192   trains (or loads) a BPE and says how long it took (-h)
 Reading order: model.py, tokenizer.py (here), tasks.py, ... Next: tasks.py.
 """
-import glob, heapq, json, math, os, re, time, unicodedata
+import heapq, json, math, os, re, time, unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -21,7 +21,7 @@ class Vocab:
     def __init__(self, size: int):
         if size < 200:
             raise ValueError(f"vocabulary size {size} < 200: no room for 103 specials and content")
-        self.size, self.model_vocab_size = size, int(math.ceil(size / 128) * 128)
+        self.size, self.model_vocab_size = size, -(-size // 128) * 128
 
     def sentinel(self, k: int) -> int:  # k in 0..99
         return self.size - 1 - k
@@ -55,14 +55,12 @@ BYTE_OFFSET, FIRST_MERGE_ID = 3, 259  # byte b has id 3 + b (after pad/eos/unk);
 
 def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     """Every non-overlapping occurrence of `pair`, left to right, replaced by `new_id`."""
-    out, i, n, (a, b) = [], 0, len(ids), pair
-    while i < n:
-        if i + 1 < n and ids[i] == a and ids[i + 1] == b:
-            out.append(new_id)
-            i += 2
+    out, (a, b) = [], pair
+    for t in ids:
+        if t == b and out and out[-1] == a:  # out[-1] is never a merged b: new_id is no a
+            out[-1] = new_id
         else:
-            out.append(ids[i])
-            i += 1
+            out.append(t)
     return out
 
 class BPETokenizer(Tokenizer):
@@ -74,15 +72,14 @@ class BPETokenizer(Tokenizer):
         super().__init__(size)
         if len(merges) > (room := size - self.num_sentinels - FIRST_MERGE_ID):
             raise ValueError(f"{len(merges)} merges do not fit a BPE of size {size} (least: 359)")
-        self.merges = [tuple(m) for m in merges]
-        table = [b"", b"", b"<unk>"] + [bytes([b]) for b in range(256)]  # bytes per id, for decode
+        self.merges, self._cache = [tuple(m) for m in merges], {}
+        table = [b"", b"", b"<unk>"] + [bytes([b]) for b in range(256)]  # each id's bytes
         for a, b in self.merges:
             table.append(table[a] + table[b])
         self.token_bytes = table + [b""] * (room - len(self.merges)) + [
             f"<extra_id_{k}>".encode() for k in reversed(range(self.num_sentinels))]
         # pair -> merged id; a lower id is an earlier merge, so the id is also the rank
         self.ranks = {pair: new_id for new_id, pair in enumerate(self.merges, FIRST_MERGE_ID)}
-        self._cache = {}
 
     def _bpe(self, word: str) -> list[int]:
         ids = [BYTE_OFFSET + b for b in word.encode("utf-8")]
@@ -123,8 +120,7 @@ def train_bpe(texts, size: int, min_frequency: int = 2, progress: bool = True) -
             heapq.heappop(heap)  # stale: its pair's count changed after it was pushed
         if not heap or -heap[0][0] < min_frequency:
             break
-        pair = heapq.heappop(heap)[1]
-        merges.append(pair)
+        merges.append(pair := heapq.heappop(heap)[1])
         changed = set()
         for wi in where.pop(pair):
             old, new, f = words[wi], _merge(words[wi], pair, new_id), freqs[wi]
@@ -141,7 +137,6 @@ def train_bpe(texts, size: int, min_frequency: int = 2, progress: bool = True) -
             if pair_count[p] > 0:
                 heapq.heappush(heap, (-pair_count[p], p))
     return BPETokenizer(size, merges)
-
 class UnigramTokenizer(Tokenizer):
     """T5's SentencePiece model from its HF tokenizer.json (a dict; only the vocabulary is read). As
     HF does for T5: typed added tokens ("</s>", "<extra_id_k>") map to their ids; NFKC (+ split())
@@ -155,11 +150,10 @@ class UnigramTokenizer(Tokenizer):
         vocab = model["vocab"]
         added = {t["content"]: int(t["id"]) for t in spec.get("added_tokens") or []}
         super().__init__(max(len(vocab), max(added.values(), default=-1) + 1))
-        self._cache = {}
-        self.id_to_piece, ids_of = [""] * self.size, defaultdict(set)  # ids_of: piece -> its ids
+        self.id_to_piece, ids_of, self._cache = [""] * self.size, defaultdict(set), {}
         for i, p in [(i, p) for i, (p, _) in enumerate(vocab)] + [(i, p) for p, i in added.items()]:
             self.id_to_piece[i] = p
-            ids_of[p].add(i)
+            ids_of[p].add(i)  # piece -> its ids
         expected = {"<pad>": 0, "</s>": 1, "<unk>": 2}  # the T5 layout: checked, not trusted
         expected.update({f"<extra_id_{k}>": self.sentinel(k) for k in range(self.num_sentinels)})
         bad = [f"{p} has ids {sorted(ids_of[p])}" for p, i in expected.items() if ids_of[p] != {i}]
@@ -177,14 +171,12 @@ class UnigramTokenizer(Tokenizer):
     def _viterbi(self, word: str) -> list[int]:
         n, best = len(word), [0.0] + [-math.inf] * len(word)  # best[j]: top score of word[:j]
         back = [(0, 0)] * (n + 1)  # back[j]: (start, id) of the last piece of that segmentation
+        unk = (self.unk_id, self.unk_score)  # for a character no piece is: all stays reachable
         for i in range(n):
             for j in range(i + 1, min(n, i + self.max_piece_len) + 1):
-                hit = self.pieces.get(word[i:j])
+                hit = self.pieces.get(word[i:j], unk if j == i + 1 else None)
                 if hit is not None and best[i] + hit[1] > best[j]:
                     best[j], back[j] = best[i] + hit[1], (i, hit[0])
-            # a character no piece is: one unk for it, so every position stays reachable
-            if word[i] not in self.pieces and best[i] + self.unk_score > best[i + 1]:
-                best[i + 1], back[i + 1] = best[i] + self.unk_score, (i, self.unk_id)
         ids, j = [], n
         while j > 0:
             j, t = back[j]
@@ -193,13 +185,11 @@ class UnigramTokenizer(Tokenizer):
         return ids[::-1]
 
     def encode(self, text: str) -> list[int]:
-        out = []
+        out = []  # the odd parts of re.split with a group are the special tokens it matched
         for si, segment in enumerate(self._special_re.split(text)):
-            if si % 2:  # the odd parts of re.split with a group are the matched special tokens
-                out.append(self._special_ids[segment])
-            else:  # "▁" stands for a space
-                out += [i for word in unicodedata.normalize("NFKC", segment).split()
-                        for i in self._cached("▁" + word, self._viterbi)]
+            out += [self._special_ids[segment]] if si % 2 else [  # else words; "▁" is a space
+                i for word in unicodedata.normalize("NFKC", segment).split()
+                for i in self._cached("▁" + word, self._viterbi)]
         return out
 
     def decode(self, ids) -> str:
@@ -212,11 +202,11 @@ def load_tokenizer(path: str) -> Tokenizer:
     try:
         with open(path, encoding="utf-8") as f:
             spec = json.load(f)
-        if spec.get("type") == "byte_level_bpe":
-            if spec.get("pretokenize_pattern") != PRETOKENIZE_PATTERN:
-                raise ValueError("trained with another pre-tokenizer pattern; retrain it")
-            return BPETokenizer(spec["size"], spec["merges"])
-        return UnigramTokenizer(spec)
+        if spec.get("type") != "byte_level_bpe":
+            return UnigramTokenizer(spec)
+        if spec.get("pretokenize_pattern") != PRETOKENIZE_PATTERN:
+            raise ValueError("trained with another pre-tokenizer pattern; retrain it")
+        return BPETokenizer(spec["size"], spec["merges"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:  # not JSON, or not this shape
         raise config.UserError(f"tokenizer file {path}: {type(e).__name__}: {e}") from None
 
@@ -225,14 +215,14 @@ def default_corpus(data_dir: str, max_chars_per_file=None, natural_only: bool = 
     release's train.txt), max_chars_per_file of each so CNN and SQuAD do not dominate. natural_only:
     as T5's saw C4 alone (else 60% of MTOP target tokens, "[IN:" etc., are not in natural_text)."""
     files = [os.path.join(data_dir, "natural_text", "train.txt")]
-    for task in [] if natural_only else sorted(os.listdir(data_dir)):
+    for task in [] if natural_only else sorted(set(os.listdir(data_dir)) - {"natural_text"}):
         paths = [os.path.join(data_dir, task, name) for name in ("train.jsonl", "train.txt")]
-        files += [p for p in paths if os.path.isfile(p)][:1] if task != "natural_text" else []
+        files += [p for p in paths if os.path.isfile(p)][:1]
     for fi, path in enumerate(files):
         budget = max_chars_per_file or math.inf
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
-                if not path.endswith(".jsonl"):
+                if not path.endswith(".jsonl"):  # natural text, or input<TAB>target
                     parts = [line] if fi == 0 else line.rstrip("\n").split("\t")
                 elif not line.strip():
                     continue  # a blank line (e.g. at the end of a file) holds no example
@@ -243,8 +233,7 @@ def default_corpus(data_dir: str, max_chars_per_file=None, natural_only: bool = 
                         raise config.UserError(f"{path}:{n}: expected a JSON object with source "
                                                f"and target ({e})") from None
                 yield from parts
-                budget -= sum(map(len, parts))
-                if budget <= 0:
+                if (budget := budget - sum(map(len, parts))) <= 0:
                     break
 
 def get_tokenizer(data_dir: str, size: int, path: str, max_chars_per_file=10_000_000,
@@ -271,11 +260,6 @@ def main(argv):
     config.check_range("size", cfg.size, FIRST_MERGE_ID + Vocab.num_sentinels)
     tok = get_tokenizer(**vars(cfg))  # the settings are get_tokenizer's arguments
     print(f"tokenizer {cfg.path}: size {tok.size}, ready in {time.time() - t0:.1f} s")
-    for path in sorted(glob.glob(os.path.join(cfg.data_dir, "*", "validation.jsonl"))):
-        with open(path, encoding="utf-8") as f:  # validation text: not seen in training
-            texts = [json.loads(line)[k] for line in f for k in ("source", "target")][:2000]
-        ratio = sum(len(tok.encode(t)) for t in texts) / sum(map(len, texts))
-        print(f"{os.path.basename(os.path.dirname(path)):18s} {ratio:.3f} tokens/char")
 
 if __name__ == "__main__":
     config.main(main)

@@ -131,7 +131,7 @@ def test_help_prints_the_values_that_run_for_the_task(capsys):
 
 @pytest.mark.parametrize("arg,message", [
     ("--num_beams=0", "--num_beams=0 must be >= 1"), ("--max_decode=0", "--max_decode=0 must be"),
-    ("--n_test=-1", "--n_test=-1 must be >= 0"), ("--max_train=-1", "--max_train=-1 must be >= 0"),
+    ("--n_test=-1", "--n_test=-1 must be >= 0"),
     ("--bucket=-1", "--bucket=-1 must be >= 0"), ("--tokenizer_size=100", "must be >= 359"),
     ("--model=huge", "--model='huge' is not one of"), ("--dtype=int8", "--dtype='int8' is not one"),
     ("--init=preattn_ln:abc", "expected preattn_ln:<c>, a number c > 0"),
@@ -184,6 +184,8 @@ def test_tokenized_cache_is_keyed_on_the_data_file(tmp_path, capsys):
     write(tmp_path / "b" / "mtop" / "train.jsonl", [json.dumps(dict(source="sun", target="moon"))])
     rewritten, said = load("b")                            # the same file, rewritten
     assert rewritten["train"] == [(ids("sun"), ids("moon"))] and "stale" in said
+    os.utime(tmp_path / "b" / "mtop" / "train.jsonl", (1, 1))
+    assert load("b") == (rewritten, "")                    # keyed by content, not by its time
     assert load("b", "--lowercase=True")[0] == rewritten   # (nothing to lowercase here)
 
 
@@ -196,7 +198,7 @@ def test_epoch_order_and_exact_resume():
     assert a.state_dict() == dict(position=15)
     c = EpochData(pairs, 3, 16, 16)
     c.next_batch(1)
-    epoch0, epoch1 = [c._index(i) for i in range(7)], [c._index(i) for i in range(7, 14)]
+    epoch0, epoch1 = c.order(0, 1), c.order(1, 1)
     assert sorted(epoch0) == sorted(epoch1) == list(range(7)) and epoch0 != epoch1  # reshuffled
 
 
@@ -210,14 +212,12 @@ def test_bucketed_batches_cut_padding_and_cover_each_epoch_once():
     assert padded(bucketed) < 0.75 * padded(plain)
     d = EpochData(pairs, 0, 64, 64, bucket=4)
     d.next_batch(8)  # 103 examples -> 12 batches of 8 per epoch; the 7 left over differ per epoch
-    epochs = [[d._index(i) for i in range(e * 96, (e + 1) * 96)] for e in range(2)]
+    epochs = [d.order(e, 8) for e in range(2)]
     assert all(len(set(e)) == 96 for e in epochs) and set(epochs[0]) != set(epochs[1])
     a, b = EpochData(pairs, 0, 64, 64, bucket=4), EpochData(pairs, 0, 64, 64, bucket=4)
     first = [a.next_batch(8)["input_ids"] for _ in range(15)]  # crosses the epoch boundary at 12
     b.load_state_dict(dict(position=13 * 8))
     assert torch.equal(b.next_batch(8)["input_ids"], first[13])  # resume continues the same order
-    with pytest.raises(ValueError, match="batches of 8"):
-        a.next_batch(4)
     with pytest.raises(UserError, match="--bucket needs a batch of 8 examples, has 3"):
         EpochData(pairs[:3], 0, 64, 64, bucket=4).next_batch(8)
 

@@ -211,10 +211,10 @@ def test_relative_position_buckets_by_hand():
     assert relative_position_bucket(rel, bidirectional=False).tolist() == want
     # the stacks use key - query, and the decoder's step offset lines up with the full matrix
     model = tiny()
-    full = model.decoder.position_bias(6, 6)
-    assert torch.equal(model.decoder.position_bias(1, 6, offset=5), full[:, :, 5:6])
+    full = model.position_bias(model.decoder, 6, 6)
+    assert torch.equal(model.position_bias(model.decoder, 1, 6, offset=5), full[:, :, 5:6])
     table = model.encoder.relative_attention_bias.weight
-    bias = model.encoder.position_bias(3, 3)
+    bias = model.position_bias(model.encoder, 3, 3)
     assert torch.equal(bias[0, :, 0, 2], table[18])  # +2
     assert torch.equal(bias[0, :, 2, 0], table[2])  # -2
 
@@ -236,6 +236,27 @@ def test_save_pretrained_from_pretrained_roundtrip(tmp_path, version):
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["model_type"] == "t5" and cfg["architectures"] == ["T5ForConditionalGeneration"]
     assert cfg["d_kv"] == 8 and cfg["num_decoder_layers"] == 2 and cfg["is_encoder_decoder"]
+
+
+def test_hf_names_are_hugging_faces_layout():
+    # HF numbers a block's sub-layers: self-attention, (decoder) cross-attention, then the MLP;
+    # the position bias lives in block 0's self-attention
+    names = hf_names(get_config("cpu", **{**V11, "num_layers": 2, "num_decoder_layers": 1}))
+    want = {"shared.weight", "lm_head.weight", "encoder.final_layer_norm.weight",
+            "decoder.final_layer_norm.weight"}
+    for stack, n, attns in (("encoder", 2, ["SelfAttention"]),
+                            ("decoder", 1, ["SelfAttention", "EncDecAttention"])):
+        want.add(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+        for i in range(n):
+            for j, sub in enumerate(attns + ["DenseReluDense"]):
+                ws = ["q", "k", "v", "o"] if j < len(attns) else ["wi_0", "wi_1", "wo"]
+                want |= {f"{stack}.block.{i}.layer.{j}.{sub}.{w}.weight" for w in ws}
+                want.add(f"{stack}.block.{i}.layer.{j}.layer_norm.weight")
+    assert len(names) == len(want) and set(names.values()) == want
+    for ours, theirs in [("decoder.block.0.attn.q", "decoder.block.0.layer.0.SelfAttention.q"),
+                         ("decoder.block.0.cross_attn_norm", "decoder.block.0.layer.1.layer_norm"),
+                         ("encoder.block.1.mlp_norm", "encoder.block.1.layer.1.layer_norm")]:
+        assert names[ours + ".weight"] == theirs + ".weight"
 
 
 def test_from_pretrained_reads_pytorch_bin_with_hf_aliases(tmp_path):
@@ -438,11 +459,8 @@ def test_config_presets_and_counts():
     v11 = get_config("t5-v1_1-small")
     assert (v11.num_layers, v11.num_heads, v11.d_ff, v11.feed_forward_proj,
             v11.tie_word_embeddings) == (8, 6, 1024, "gated-gelu", False)
-    model = tiny(**V11)
-    c = model.config
-    emb = c.vocab_size * c.d_model
-    assert model.num_params() == sum(p.numel() for p in model.parameters())
-    assert model.num_params(non_embedding=True) == model.num_params() - 2 * emb
+    tied, untied = tiny(), tiny(tie_word_embeddings=False)  # a tied lm_head is counted once
+    assert untied.num_params() - tied.num_params() == tied.config.vocab_size * tied.config.d_model
     assert estimate_mfu(100.0, 1e6, 1e9) == pytest.approx(0.3)
 
 
