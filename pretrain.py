@@ -42,11 +42,10 @@ class PretrainConfig(TrainConfig):
     dropout: float = 0.0           # paper: 0.1; a short run learns faster without
     workers: int = 0               # processes making batches ahead, per rank; 0 = in the loop
 
-# --preset: "cpu" = the defaults above (Set on a 2-core CPU in minutes), "paper" = T5's on t5-small
-PRESETS = dict(cpu={}, paper=dict(
+PRESETS = dict(cpu={}, paper=dict(   # --preset: cpu = the defaults above, paper = T5's recipe
     model="t5-small", vocab_size=32100, min_len=10, max_len=220, src_len=512, tgt_len=512,
     dropout=0.1, lr=0.01, warmup_steps=10000, max_steps=80000, batch_size=128, micro_batch_size=32,
-    eval_interval=5000, eval_batches=20, ckpt_interval=5000, threads=0, workers=4))  # 4 x 3k/s
+    eval_interval=5000, eval_batches=20, ckpt_interval=5000, threads=0, workers=4))  # 4 x 3k ex/s
 # At CPU scale, room for the long inputs: LIME's (a 68-id alphabet prefix) and the corrupted ones
 CPU_TASKS = {t: dict(max_len=128, src_len=128, tgt_len=128) for t in
              ("lime", "lime_induct", "lime_deduct", "lime_abduct", "natural", "nesting_language")}
@@ -81,9 +80,8 @@ class TaskData(Dataset):
             self.batches = iter(DataLoader(                # leaves the global RNG (dropout's)
                 self, batch_size=None, sampler=count(), generator=torch.Generator(),
                 num_workers=self.workers, multiprocessing_context="fork" if self.workers else None))
-        batch = next(self.batches)
         self.position += n
-        return batch
+        return next(self.batches)
 
     def close(self):                                       # dropping the iterator stops the workers
         self.batches = None
@@ -91,9 +89,8 @@ class TaskData(Dataset):
     def state_dict(self) -> dict:
         return dict(position=self.position)
 
-    def load_state_dict(self, s: dict):
-        self.close()
-        self.position = s["position"]
+    def load_state_dict(self, s: dict):                   # the batches made ahead are dropped
+        self.position, self.batches = s["position"], None
 
 def baselines(examples, vocab) -> dict:
     """Trivial outputs scored on the held-out examples: the input copied (after the task prefix,
@@ -108,10 +105,6 @@ def baselines(examples, vocab) -> dict:
     columns = [[t[i] for t in targets if len(t) > i] for i in range(max(map(len, targets)))]
     constant = [max(set(c), key=c.count) for c in columns]
     return dict(copy=score(copies), constant=score([constant] * len(targets)))
-
-def build_model(cfg: PretrainConfig, vocab) -> T5:
-    """A fresh T5 of preset cfg.model with cfg.dropout (T5X's init, from torch's RNG)."""
-    return T5(get_config(cfg.model, vocab_size=vocab.model_vocab_size, dropout_rate=cfg.dropout))
 
 def main(argv):
     cfg, resume = parse_config(argv)
@@ -128,8 +121,8 @@ def main(argv):
     vocab = tok or Vocab(cfg.vocab_size)
     task = get_task(cfg.task, vocab, tokenizer=tok, data_dir=cfg.data_dir, min_len=cfg.min_len,
                     max_len=cfg.max_len, n_task_tokens=cfg.n_task_tokens or None)
-    torch.manual_seed(cfg.seed)                            # every rank builds the same model
-    model = build_model(cfg, vocab)                        # a resume's weights: train() loads
+    torch.manual_seed(cfg.seed)       # T5X's init, the same on every rank (a resume: train() loads)
+    model = T5(get_config(cfg.model, vocab_size=vocab.model_vocab_size, dropout_rate=cfg.dropout))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{cfg.task}: {model.num_params() / 1e6:.2f}M parameters, {asdict(model.config)}")
     n, mbs = cfg.eval_batches * cfg.batch_size, micro_batch(cfg, world)
@@ -147,8 +140,7 @@ def main(argv):
         for name, r in [("model", m), *base.items()]:      # vs the copy and constant outputs
             print(f"  {name:<8} exact match {r['exact_match']:6.1%}, "
                   f"token accuracy {r['token_acc']:6.1%}")
-        # what reproduce.py tables, written last (atomically): it means "finished"
-        config.write_json(os.path.join(cfg.out_dir, "result.json"), dict(
+        config.write_json(os.path.join(cfg.out_dir, "result.json"), dict(   # last: "finished"
             task=cfg.task, step=out["step"], best_val_token_acc=out["best_token_acc"],
             best_step=out["best_step"], **{f"val_{k}": v for k, v in m.items()}, baselines=base,
             wall_s=time.time() - t0, config=asdict(cfg)))

@@ -1,7 +1,6 @@
-"""train.py: the training loop that pretrain.py and finetune.py share (imported, never run), and
-what it needs: Adafactor (T5X's), the learning-rate schedule, checkpoints (the one loader, exact
-resume), device, dtype and DDP set-up, held-out evaluation, the MFU figure of the log line, and at
-the end, marked off, the one CPU-only speed-up.
+"""train.py: the training loop of pretrain.py and finetune.py (imported, never run), and what it
+needs: Adafactor (T5X's), the lr schedule, checkpoints (the one loader, exact resume), device, dtype
+and DDP set-up, held-out evaluation, the log line's MFU, and last, marked off, the CPU speed-up.
 
 Reading order: ..., tasks.py, config.py, train.py (here), pretrain.py, ... Next: pretrain.py.
 """
@@ -64,8 +63,7 @@ def micro_batch(cfg: TrainConfig, world: int = 1) -> int:
 RUN_FILES = ("ckpt_last.pt", "ckpt_best.pt", "log.jsonl", "result.json")   # what a run leaves
 
 def check_train_config(cfg: TrainConfig, world: int = 1, resume: bool = False) -> None:
-    """The loop's settings, checked before any work: a UserError names the setting and why. A
-    scratch run into a folder that holds a run is refused: it would replace that run's files."""
+    """The loop's settings, checked before any work (a fresh run must not replace another)."""
     found = [f for f in RUN_FILES if os.path.exists(os.path.join(cfg.out_dir, f))]
     if found and not resume and not cfg.overwrite:
         raise UserError(f"--out_dir={cfg.out_dir} holds a run ({', '.join(found)}): continue it "
@@ -90,7 +88,7 @@ class Adafactor(torch.optim.Optimizer):
     decay with beta2_t = 1 - t^-0.8 and are factored, V ~ outer(R, C) / mean(R), when the last two
     dims are both >= 128; u = g / sqrt(V) is clipped to RMS <= 1 and scaled by
     lr * max(RMS(param), 1e-3): `lr` is a relative step size. Tensors of one shape and step are
-    stacked and updated together: a few ops per distinct shape, not per tensor."""
+    updated as one stack: a few ops per distinct shape, not per tensor."""
 
     def __init__(self, params, lr=0.01):                   # T5X's constants are written below
         super().__init__(params, dict(lr=lr))
@@ -116,7 +114,6 @@ class Adafactor(torch.optim.Optimizer):
         beta2 = 1.0 - states[0]["step"] ** -0.8
         g = torch.stack([p.grad for p in ps]).float()      # [k, *shape]
         g2 = g.square().add_(1e-30)
-
         def decay(key, new):                               # the moving average, k tensors at once
             v = torch.stack([s[key] for s in states]).mul_(beta2).add_(new, alpha=1 - beta2)
             torch._foreach_copy_([s[key] for s in states], list(v.unbind(0)))
@@ -133,8 +130,8 @@ class Adafactor(torch.optim.Optimizer):
         torch._foreach_sub_(ps, list((u * scale).to(ps[0].dtype).unbind(0)))
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of optimizer step `step` (0-based). T5's "rsqrt_decay": flat at cfg.lr for
-    warmup_steps, then ∝ 1/sqrt(step): lr 0.01 with warmup 10000 is 1/sqrt(max(step, 10000))."""
+    """The lr of step `step` (0-based). T5's "rsqrt_decay": cfg.lr for warmup_steps, then ∝
+    1/sqrt(step): lr 0.01 with warmup 10000 is 1/sqrt(max(step, 10000))."""
     if cfg.lr_schedule == "constant":
         return cfg.lr
     return cfg.lr * math.sqrt(cfg.warmup_steps / max(step, cfg.warmup_steps))
@@ -160,12 +157,10 @@ def load_checkpoint(path: str) -> dict:
         raise UserError(f"checkpoint {path} lacks {sorted(missing)}: not one of this project's")
     return ckpt
 
-
 def parse_run(cls, argv, recipe, doc: str, same_run) -> tuple:
-    """config.parse for pretrain.py and finetune.py: recipe(settings) gives the preset's values,
-    out_dir defaults to out/<task>, and --init=resume takes the settings saved in
-    out_dir/ckpt_last.pt instead of the recipe (then the command line); a resume that changes a
-    `same_run` key is refused. Returns the settings and the checkpoint to resume (or None)."""
+    """config.parse for pretrain.py and finetune.py: the preset's values (recipe(settings)), or on
+    --init=resume those saved in out_dir (default out/<task>)/ckpt_last.pt, then the command line,
+    which may not change a `same_run` key of a resume. Returns (settings, checkpoint or None)."""
     ckpt = {}
     def presets(c):
         out_dir = c.out_dir or f"out/{c.task}"
@@ -187,13 +182,12 @@ def parse_run(cls, argv, recipe, doc: str, same_run) -> tuple:
 def setup_runtime(cfg: TrainConfig) -> SimpleNamespace:
     """Process group (when launched by torchrun), device, threads, autocast context, GradScaler."""
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = cfg.device if cfg.device != "auto" else ("cuda" if cuda else "cpu")
+    device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     try:
         kind = torch.device(device).type
     except RuntimeError:
         raise UserError(f"--device={cfg.device!r} is not one: auto, cpu, cuda or cuda:N") from None
-    if kind == "cuda" and not cuda:
+    if kind == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device={cfg.device} but CUDA is not available; use --device=cpu")
     if cfg.dtype == "float16" and kind != "cuda":
         raise UserError("--dtype=float16 needs CUDA (it goes with a GradScaler); on CPU: float32")
@@ -208,11 +202,9 @@ def setup_runtime(cfg: TrainConfig) -> SimpleNamespace:
             torch.set_num_threads(cfg.threads)   # CPU threads wait: 145 vs 750 ms/step (1 vs 2)
     else:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    # T5 overflows in fp16 without loss scaling; for the other dtypes the scaler is a no-op
-    return SimpleNamespace(world=world, rank=rank, master=rank == 0, device=device,
-                           device_type=kind, dtype=amp_dtype(kind, cfg.dtype),
-                           ctx=autocast(kind, cfg.dtype),
-                           scaler=torch.amp.GradScaler("cuda", enabled=cfg.dtype == "float16"))
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.dtype == "float16")   # T5 overflows fp16
+    return SimpleNamespace(world=world, rank=rank, master=rank == 0, device=device, scaler=scaler,
+                           device_type=kind, ctx=autocast(kind, cfg.dtype))   # (else: no-op)
 
 def amp_dtype(device_type: str, dtype: str) -> str:
     """--dtype, "auto" resolved: bfloat16 on CUDA, float32 on a CPU (most CPUs emulate bf16
@@ -236,11 +228,11 @@ def shape_batch(batch: dict, full=None) -> dict:
 
 # ----------------------------------------------------------------------------- the training loop
 def train(cfg: TrainConfig, model, train_data, eval_fn, *, resume=None, log_extra=None) -> dict:
-    """Train a model.T5 for cfg.max_steps steps. train_data: next_batch(n) (collate's dict),
-    state_dict(), load_state_dict(); every rank draws the global batch, keeps rows rank::world.
-    eval_fn(model, step) -> metrics with "token_acc" (rank 0; ckpt_best.pt follows the best).
-    resume: a checkpoint to continue exactly; log_extra: fields for every log.jsonl line.
-    Returns dict(step, losses, metrics (the last), best_token_acc, best_step, rank)."""
+    """Train a model.T5 for cfg.max_steps steps. train_data: next_batch(n) (collate's dict: every
+    rank draws the global batch, keeps rows rank::world), state_dict(), load_state_dict(s).
+    eval_fn(model, step) -> metrics with "token_acc" (rank 0; ckpt_best.pt keeps the best). resume:
+    a checkpoint to continue exactly; log_extra: fields for every log.jsonl line. Returns
+    dict(step, losses, metrics (the last), best_token_acc, best_step, rank)."""
     rt = setup_runtime(cfg)
     check_train_config(cfg, rt.world, resume is not None)
     run = _start(cfg, rt, model, train_data, resume)
@@ -251,7 +243,8 @@ def train(cfg: TrainConfig, model, train_data, eval_fn, *, resume=None, log_extr
                 print(json.dumps(rec | (log_extra or {})), file=f)
     run.log = log
     # MFU's denominator: a known GPU's datasheet peak, else a peak measured in the run's dtype
-    dtype, size = getattr(torch, rt.dtype), 4096 if rt.device_type == "cuda" else 1024
+    dtype = getattr(torch, amp_dtype(rt.device_type, cfg.dtype))
+    size = 4096 if rt.device_type == "cuda" else 1024
     peak = (datasheet_peak(rt.device, dtype) or matmul_peak(dtype, rt.device, size)) \
         if rt.master else 1.0
     meter = np.zeros(5)                                    # seconds, steps, loss, tokens, FLOPs
@@ -285,13 +278,13 @@ def _start(cfg, rt, model, data, resume) -> SimpleNamespace:
                           best_token_acc=-1.0, best_step=-1, saved_step=None, metrics={},
                           last_path=os.path.join(cfg.out_dir, "ckpt_last.pt"))
     torch.manual_seed(cfg.seed + rt.rank)                  # dropout stream, distinct per rank
+    os.makedirs(cfg.out_dir, exist_ok=True)
     if resume is not None:                                 # weights, moments, data position, RNGs
         keys = ("optimizer", "step", "rng", "data", "best_token_acc", "best_step")
         if missing := [k for k in keys if k not in resume]:
             raise UserError(f"the checkpoint to resume lacks {missing}: it is not train()'s")
-        raw.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        data.load_state_dict(resume["data"])
+        for part, key in ((raw, "model"), (opt, "optimizer"), (data, "data")):
+            part.load_state_dict(resume[key])
         if resume.get("scaler"):                           # float16's (if disabled: ignored)
             rt.scaler.load_state_dict(resume["scaler"])
         run.step = run.saved_step = resume["step"]
@@ -305,10 +298,8 @@ def _start(cfg, rt, model, data, resume) -> SimpleNamespace:
             if rng["cuda"] is not None:
                 torch.cuda.set_rng_state(rng["cuda"])
     elif rt.master:                                        # --overwrite: no old file outlives it
-        for path in (os.path.join(cfg.out_dir, f) for f in RUN_FILES):
-            if os.path.exists(path):
-                os.remove(path)
-    os.makedirs(cfg.out_dir, exist_ok=True)
+        for f in set(RUN_FILES) & set(os.listdir(cfg.out_dir)):
+            os.remove(os.path.join(cfg.out_dir, f))
     run.start, run.micro = run.step, micro_batch(cfg, rt.world)
     run.ddp = DDP(raw) if rt.world > 1 else None           # its inputs are on its device already
     run.fwd = torch.compile(run.ddp or raw) if cfg.compile else (run.ddp or raw)
@@ -397,8 +388,7 @@ def ids_to_str(ids) -> str:
 def evaluate(model, batches, *, max_new_tokens: int, decode=ids_to_str, show: int = 3,
              greedy: bool = True) -> dict:
     """Teacher-forced token accuracy (the paper's checkpoint-selection metric), loss and greedy
-    exact match over held-out batches, printing the first `show` mistakes; greedy=False skips
-    decoding (finetune.py decodes its test split with beam search instead)."""
+    exact match (greedy=False: none) of held-out batches; prints the first `show` mistakes."""
     device = next(model.parameters()).device
     eos, pad = model.config.eos_token_id, model.config.pad_token_id
     n_tok, n_right, n_ex, n_exact, loss_sum = 0, 0, 0, 0, 0.0
@@ -427,10 +417,9 @@ def evaluate(model, batches, *, max_new_tokens: int, decode=ids_to_str, show: in
 
 # ----------------------------------------------------------------------------- MFU
 def matmul_peak(dtype=torch.float32, device="cpu", n=1024, reps=5) -> float:
-    """MFU's realistic ceiling: the best FLOP/s of a square matmul over `reps` timings after a
-    warm-up (a busy moment cannot inflate the MFU; torch.full leaves the RNG stream alone). The
-    size doubles from 256 to n while one matmul takes under 50 ms: an emulated dtype (bf16 on most
-    CPUs) costs seconds, not minutes."""
+    """MFU's realistic ceiling: the best FLOP/s of `reps` square matmuls (a busy moment cannot
+    inflate the MFU; torch.full leaves the RNG alone), their size doubled from 256 up to n while one
+    takes under 50 ms: an emulated dtype (bf16 on most CPUs) costs seconds, not minutes."""
     def seconds(a):
         t0 = time.perf_counter()
         (a @ a).sum().item()                               # .item() waits for a GPU too
@@ -456,12 +445,11 @@ def estimate_mfu(tokens_per_s, flops_per_token, peak_flops, training=True) -> fl
 
 # ============================================================================= CPU only
 def keep_freed_memory() -> bool:
-    """The one CPU-only speed-up (setup_runtime calls it; delete both to go without): glibc keeps
-    freed memory instead of returning it to the OS. PyTorch's CPU allocator is plain malloc, so each
-    activation above the mmap threshold is a fresh mmap whose pages the kernel zero-fills on first
-    touch (~0.3 s per step for one [2048, 32128] float32 logits buffer in a VM). Measured on the CPU
-    fine-tuning cell (MTOP, tiny model, 200 steps, 200 beam-4 decodes): 0.72x the wall time, system
-    time 3 s vs 44 s, peak RSS 2.9 vs 5.0 GiB. Process-wide: call it once."""
+    """The one CPU-only speed-up (setup_runtime calls it; delete both to go without), process-wide:
+    glibc keeps freed memory. PyTorch's CPU allocator is malloc, so each activation above the mmap
+    threshold was a fresh mmap the kernel zero-fills on first touch (~0.3 s/step for one [2048,
+    32128] float32 logits buffer in a VM). On the CPU MTOP fine-tuning cell (200 steps, 200 beam-4
+    decodes): 0.72x the wall time, system time 3 vs 44 s, peak RSS 2.9 vs 5.0 GiB."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
