@@ -83,8 +83,8 @@ def atomic_write(path: str, write) -> None:
         os.unlink(tmp)
         raise
 
-def write_json(path: str, obj) -> None:
-    atomic_write(path, json.dumps(obj, ensure_ascii=False, indent=1))
+def write_json(path: str, obj, indent=1) -> None:
+    atomic_write(path, json.dumps(obj, ensure_ascii=False, indent=indent))
 
 def main(fn) -> None:
     """fn(sys.argv[1:]); a UserError or missing file: one line, exit code 2 (a bug: traceback)."""
