@@ -176,7 +176,9 @@ def test_worker_batches_equal_main_process_batches_and_workers_stop():
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         assert bg.state_dict() == ref.state_dict()
     try:
+        rng = torch.get_rng_state()
         same(8, 5)
+        assert torch.equal(torch.get_rng_state(), rng)     # dropout's stream: not DataLoader's
         assert ref.state_dict() == dict(position=40)
         for data in (ref, bg):                             # a resume: the batches ahead are dropped
             data.load_state_dict(dict(position=12))
