@@ -137,7 +137,8 @@ def test_matmul_peak_stops_growing_at_a_slow_matmul(monkeypatch):
     monkeypatch.setattr(train.torch, "full", full)
     monkeypatch.setattr(train.time, "perf_counter",
                         lambda: next(clock) * (0.3 if sizes[-1] > 512 else 0.01))
-    assert train.matmul_peak(torch.float32, "cpu", n=4096, reps=2) == pytest.approx(2 * 1024 ** 3 / 0.3)
+    peak = train.matmul_peak(torch.float32, "cpu", n=4096, reps=2)
+    assert peak == pytest.approx(2 * 1024 ** 3 / 0.3)
     assert sizes == [256, 512, 1024]
     sizes.clear()
     train.matmul_peak(torch.float32, "cpu", n=512, reps=2)
