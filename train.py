@@ -1,8 +1,6 @@
-"""train.py: the training loop that pretrain.py and finetune.py share, and what it needs.
-
-Adafactor (T5X's), the learning-rate schedule, checkpoints (save, the one loader, exact resume),
-device, dtype and DDP set-up, held-out evaluation, the MFU figures of the log line, and at the end,
-marked off, the one CPU-only speed-up.
+"""train.py: the training loop of pretrain.py and finetune.py (imported, never run), and what it
+needs: Adafactor (T5X's), the lr schedule, checkpoints (the one loader, exact resume), device, dtype
+and DDP set-up, held-out evaluation, the log line's MFU, and last, marked off, the CPU speed-up.
 
 Reading order: ..., tasks.py, config.py, train.py (here), pretrain.py, ... Next: pretrain.py.
 """
@@ -25,8 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-import config
-from config import UserError, atomic_write, check_choice, check_range
+from config import UserError, atomic_write, check_choice, check_range, parse
 
 CHOICES = dict(optimizer=("adafactor", "adamw"), lr_schedule=("rsqrt", "constant"),
                dtype=("auto", "bfloat16", "float32", "float16"))
@@ -55,8 +52,7 @@ class TrainConfig:
     log_interval: int = 100        # steps between log lines
     ckpt_interval: int = 500       # steps between ckpt_last.pt writes
     device: str = "auto"           # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    dtype: str = "auto"            # auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float32,
-                                   # float16 (CUDA, with GradScaler)
+    dtype: str = "auto"            # auto (CUDA: bfloat16, CPU: float32), bfloat16, float32, float16
     compile: bool = False          # torch.compile the training forward (not eval nor checkpoints)
     threads: int = 1               # CPU threads (torch.set_num_threads), 0 = torch's default
 
@@ -67,8 +63,7 @@ def micro_batch(cfg: TrainConfig, world: int = 1) -> int:
 RUN_FILES = ("ckpt_last.pt", "ckpt_best.pt", "log.jsonl", "result.json")   # what a run leaves
 
 def check_train_config(cfg: TrainConfig, world: int = 1, resume: bool = False) -> None:
-    """The loop's settings, checked before any work: a UserError names the setting and why. A
-    scratch run into a folder that holds a run is refused: it would replace that run's files."""
+    """The loop's settings, checked before any work (a fresh run must not replace another)."""
     found = [f for f in RUN_FILES if os.path.exists(os.path.join(cfg.out_dir, f))]
     if found and not resume and not cfg.overwrite:
         raise UserError(f"--out_dir={cfg.out_dir} holds a run ({', '.join(found)}): continue it "
@@ -93,12 +88,10 @@ class Adafactor(torch.optim.Optimizer):
     decay with beta2_t = 1 - t^-0.8 and are factored, V ~ outer(R, C) / mean(R), when the last two
     dims are both >= 128; u = g / sqrt(V) is clipped to RMS <= 1 and scaled by
     lr * max(RMS(param), 1e-3): `lr` is a relative step size. Tensors of one shape and step are
-    stacked and updated together: a few ops per distinct shape, not per tensor."""
+    updated as one stack: a few ops per distinct shape, not per tensor."""
 
-    def __init__(self, params, lr=0.01, decay_rate=0.8, clip_threshold=1.0, eps1=1e-30, eps2=1e-3,
-                 min_dim_to_factor=128):
-        super().__init__(params, dict(lr=lr, decay_rate=decay_rate, clip_threshold=clip_threshold,
-                                      eps1=eps1, eps2=eps2, min_dim_to_factor=min_dim_to_factor))
+    def __init__(self, params, lr=0.01):                   # T5X's constants are written below
+        super().__init__(params, dict(lr=lr))
 
     @torch.no_grad()
     def step(self):
@@ -106,7 +99,7 @@ class Adafactor(torch.optim.Optimizer):
             batches = defaultdict(list)                    # (shape, dtype, device, step) -> tensors
             for p in (p for p in group["params"] if p.grad is not None):
                 s, f32 = self.state[p], dict(dtype=torch.float32)
-                if not s and p.dim() >= 2 and min(p.shape[-2:]) >= group["min_dim_to_factor"]:
+                if not s and p.dim() >= 2 and min(p.shape[-2:]) >= 128:
                     s.update(v_row=p.new_zeros(p.shape[:-1], **f32),    # factored: row and
                              v_col=p.new_zeros(p.shape[:-2] + p.shape[-1:], **f32))  # column means
                 elif not s:
@@ -114,14 +107,13 @@ class Adafactor(torch.optim.Optimizer):
                 s["step"] = s.get("step", 0) + 1
                 batches[(p.shape, p.dtype, p.device, s["step"])].append(p)
             for ps in batches.values():
-                self._update(ps, group)
+                self._update(ps, group["lr"])
 
-    def _update(self, ps, group):
+    def _update(self, ps, lr):
         states = [self.state[p] for p in ps]
-        beta2 = 1.0 - states[0]["step"] ** -group["decay_rate"]
+        beta2 = 1.0 - states[0]["step"] ** -0.8
         g = torch.stack([p.grad for p in ps]).float()      # [k, *shape]
-        g2 = g.square().add_(group["eps1"])
-
+        g2 = g.square().add_(1e-30)
         def decay(key, new):                               # the moving average, k tensors at once
             v = torch.stack([s[key] for s in states]).mul_(beta2).add_(new, alpha=1 - beta2)
             torch._foreach_copy_([s[key] for s in states], list(v.unbind(0)))
@@ -134,13 +126,12 @@ class Adafactor(torch.optim.Optimizer):
         per_tensor = (len(ps),) + (1,) * ps[0].dim()       # a scalar per tensor, broadcast over it
         rms_u = u.flatten(1).square().mean(1).sqrt().view(per_tensor)
         rms_p = torch.stack(torch._foreach_norm(ps)).float() / math.sqrt(ps[0].numel())
-        scale = (group["lr"] * rms_p.view(per_tensor).clamp(min=group["eps2"])
-                 / (rms_u / group["clip_threshold"]).clamp(min=1.0))
+        scale = lr * rms_p.view(per_tensor).clamp(min=1e-3) / rms_u.clamp(min=1.0)   # RMS(u) <= 1
         torch._foreach_sub_(ps, list((u * scale).to(ps[0].dtype).unbind(0)))
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of optimizer step `step` (0-based). T5's "rsqrt_decay": flat at cfg.lr for
-    warmup_steps, then ∝ 1/sqrt(step): lr 0.01 with warmup 10000 is 1/sqrt(max(step, 10000))."""
+    """The lr of step `step` (0-based). T5's "rsqrt_decay": cfg.lr for warmup_steps, then ∝
+    1/sqrt(step): lr 0.01 with warmup 10000 is 1/sqrt(max(step, 10000))."""
     if cfg.lr_schedule == "constant":
         return cfg.lr
     return cfg.lr * math.sqrt(cfg.warmup_steps / max(step, cfg.warmup_steps))
@@ -162,16 +153,14 @@ def load_checkpoint(path: str) -> dict:
         why = re.split(r"\.\s|\n", why.strip())[0]
         raise UserError(f"checkpoint {path} is not a torch checkpoint (unreadable: "
                         f"{type(e).__name__}: {why})") from None
-    missing = {"model", "model_config"} - set(ckpt if isinstance(ckpt, dict) else ())
-    if missing:
+    if missing := {"model", "model_config"} - set(ckpt if isinstance(ckpt, dict) else ()):
         raise UserError(f"checkpoint {path} lacks {sorted(missing)}: not one of this project's")
     return ckpt
 
 def parse_run(cls, argv, recipe, doc: str, same_run) -> tuple:
-    """config.parse for pretrain.py and finetune.py: recipe(settings) gives the preset's values,
-    out_dir defaults to out/<task>, and --init=resume takes the settings saved in
-    out_dir/ckpt_last.pt instead of the recipe (then the command line); a resume that changes a
-    `same_run` key is refused. Returns the settings and the checkpoint to resume (or None)."""
+    """config.parse for pretrain.py and finetune.py: the preset's values (recipe(settings)), or on
+    --init=resume those saved in out_dir (default out/<task>)/ckpt_last.pt, then the command line,
+    which may not change a `same_run` key of a resume. Returns (settings, checkpoint or None)."""
     ckpt = {}
     def presets(c):
         out_dir = c.out_dir or f"out/{c.task}"
@@ -182,7 +171,7 @@ def parse_run(cls, argv, recipe, doc: str, same_run) -> tuple:
             raise UserError(f"{path} holds no settings: train() did not write it")
         known = {f.name for f in fields(cls)}
         return {k: v for k, v in ckpt["config"].items() if k in known} | dict(out_dir=out_dir)
-    cfg = config.parse(cls, argv, presets, doc)
+    cfg = parse(cls, argv, presets, doc)
     for k in same_run if ckpt else ():                     # a resume continues the same run
         if getattr(cfg, k) != ckpt["config"].get(k):
             raise UserError(f"--{k}={getattr(cfg, k)!r}, but {cfg.out_dir}/ckpt_last.pt was "
@@ -193,39 +182,33 @@ def parse_run(cls, argv, recipe, doc: str, same_run) -> tuple:
 def setup_runtime(cfg: TrainConfig) -> SimpleNamespace:
     """Process group (when launched by torchrun), device, threads, autocast context, GradScaler."""
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = cfg.device if cfg.device != "auto" else ("cuda" if cuda else "cpu")
+    device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     try:
         kind = torch.device(device).type
     except RuntimeError:
         raise UserError(f"--device={cfg.device!r} is not one: auto, cpu, cuda or cuda:N") from None
-    if kind == "cuda" and not cuda:
+    if kind == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device={cfg.device} but CUDA is not available; use --device=cpu")
     if cfg.dtype == "float16" and kind != "cuda":
         raise UserError("--dtype=float16 needs CUDA (it goes with a GradScaler); on CPU: float32")
-    if world > 1:
-        if kind == "cuda":
-            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"   # one GPU per process
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():                      # long timeout: rank 0 evaluates alone
-            dist.init_process_group("nccl" if kind == "cuda" else "gloo",
-                                    timeout=timedelta(hours=2))
+    if world > 1 and kind == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"   # one GPU per process
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():            # long timeout: rank 0 evaluates alone
+        dist.init_process_group("nccl" if kind == "cuda" else "gloo", timeout=timedelta(hours=2))
     if kind == "cpu":
         keep_freed_memory()                                # see the end of this file
         if cfg.threads > 0:    # a small model gains little from a 2nd thread, and on a busy
             torch.set_num_threads(cfg.threads)   # CPU threads wait: 145 vs 750 ms/step (1 vs 2)
     else:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    # T5 overflows in fp16 without loss scaling; for the other dtypes the scaler is a no-op
-    return SimpleNamespace(world=world, rank=rank, master=rank == 0, device=device,
-                           device_type=kind, dtype=amp_dtype(kind, cfg.dtype),
-                           ctx=autocast(kind, cfg.dtype),
-                           scaler=torch.amp.GradScaler("cuda", enabled=cfg.dtype == "float16"))
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.dtype == "float16")   # T5 overflows fp16
+    return SimpleNamespace(world=world, rank=rank, master=rank == 0, device=device, scaler=scaler,
+                           device_type=kind, ctx=autocast(kind, cfg.dtype))   # (else: no-op)
 
 def amp_dtype(device_type: str, dtype: str) -> str:
-    """--dtype with "auto" resolved: bfloat16 on CUDA, float32 on a CPU. CPUs without AVX-512 BF16
-    or AMX emulate bf16 matmuls (~45x slower on an AVX2 EPYC), and float32 gives every CPU the
-    same numbers."""
+    """--dtype, "auto" resolved: bfloat16 on CUDA, float32 on a CPU (most CPUs emulate bf16
+    matmuls, ~45x slower on an AVX2 EPYC; and float32 gives every CPU the same numbers)."""
     return dtype if dtype != "auto" else "bfloat16" if device_type == "cuda" else "float32"
 
 def autocast(device_type: str, dtype: str):
@@ -245,127 +228,116 @@ def shape_batch(batch: dict, full=None) -> dict:
 
 # ----------------------------------------------------------------------------- the training loop
 def train(cfg: TrainConfig, model, train_data, eval_fn, *, resume=None, log_extra=None) -> dict:
-    """Train a model.T5 for cfg.max_steps steps. train_data: next_batch(n) (collate's dict),
-    state_dict(), load_state_dict(); every rank draws the global batch, keeps rows rank::world.
-    eval_fn(model, step) -> metrics with "token_acc" (rank 0; ckpt_best.pt follows the best).
-    resume: a checkpoint to continue exactly; log_extra: fields for every log.jsonl line.
-    Returns dict(step, losses, metrics (the last), best_token_acc, best_step, rank)."""
+    """Train a model.T5 for cfg.max_steps steps. train_data: next_batch(n) (collate's dict: every
+    rank draws the global batch, keeps rows rank::world), state_dict(), load_state_dict(s).
+    eval_fn(model, step) -> metrics with "token_acc" (rank 0; ckpt_best.pt keeps the best). resume:
+    a checkpoint to continue exactly; log_extra: fields for every log.jsonl line. Returns
+    dict(step, losses, metrics (the last), best_token_acc, best_step, rank)."""
     rt = setup_runtime(cfg)
     check_train_config(cfg, rt.world, resume is not None)
-    for f in RUN_FILES if rt.master and resume is None else ():   # --overwrite: none outlives it
-        if os.path.exists(os.path.join(cfg.out_dir, f)):
-            os.remove(os.path.join(cfg.out_dir, f))
     run = _start(cfg, rt, model, train_data, resume)
-    log_file = open(os.path.join(cfg.out_dir, "log.jsonl"), "a" if resume else "w") \
-        if rt.master else None
-    run.log = lambda rec: log_file and print(json.dumps({**rec, **(log_extra or {})}),
-                                             file=log_file, flush=True)
+    def log(rec: dict, line: str):                         # rank 0: the console and log.jsonl
+        if rt.master:
+            tqdm.write(line)
+            with open(os.path.join(cfg.out_dir, "log.jsonl"), "a") as f:
+                print(json.dumps(rec | (log_extra or {})), file=f)
+    run.log = log
     # MFU's denominator: a known GPU's datasheet peak, else a peak measured in the run's dtype
-    dtype, size = getattr(torch, rt.dtype), 4096 if rt.device_type == "cuda" else 1024
+    dtype = getattr(torch, amp_dtype(rt.device_type, cfg.dtype))
+    size = 4096 if rt.device_type == "cuda" else 1024
     peak = (datasheet_peak(rt.device, dtype) or matmul_peak(dtype, rt.device, size)) \
         if rt.master else 1.0
-    pbar = tqdm(total=cfg.max_steps, initial=run.step, disable=not rt.master, desc="train")
-    try:
-        meter = np.zeros(5)                                # seconds, steps, loss, tokens, FLOPs
+    meter = np.zeros(5)                                    # seconds, steps, loss, tokens, FLOPs
+    with tqdm(total=cfg.max_steps, initial=run.step, disable=not rt.master, desc="train") as bar:
         while _evaluate_and_save(run, eval_fn):            # False at max_steps
             t0 = time.perf_counter()
             lr, loss, grad_norm, tokens, flops = _optimizer_step(run)
             meter += (time.perf_counter() - t0, 1, loss, tokens, flops)   # training time only
-            pbar.update(1)
+            bar.update(1)
             if run.step % cfg.log_interval and run.step < cfg.max_steps:
                 continue
             (dt, n, loss, tokens, flops), meter = meter, np.zeros(5)   # averages over the interval
             rec = dict(step=run.step, loss=loss / n, lr=lr, grad_norm=grad_norm,
                        ms_per_step=1000 * dt / n, tok_per_s=tokens * rt.world / dt,
                        mfu=flops / dt / peak)
-            pbar.set_postfix(loss=f"{rec['loss']:.4f}")
-            if rt.master:
-                tqdm.write(f"step {run.step:>6} | loss {rec['loss']:.4f} | lr {lr:.2e} | grad_norm "
-                           f"{grad_norm:.3f} | {rec['ms_per_step']:.0f} ms/step | "
-                           f"{rec['tok_per_s']:,.0f} tok/s | MFU {100 * rec['mfu']:.2f}%")
-            run.log(rec)
-    finally:
-        pbar.close()
-        if log_file:
-            log_file.close()
+            log(rec, f"step {run.step:>6} | loss {rec['loss']:.4f} | lr {lr:.2e} | grad_norm "
+                     f"{grad_norm:.3f} | {rec['ms_per_step']:.0f} ms/step | "
+                     f"{rec['tok_per_s']:,.0f} tok/s | MFU {100 * rec['mfu']:.2f}%")
     if rt.world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return dict(step=run.step, losses=run.losses, metrics=run.metrics, rank=rt.rank,
-                best_token_acc=run.best, best_step=run.best_step)
+                best_token_acc=run.best_token_acc, best_step=run.best_step)
 
 def _start(cfg, rt, model, data, resume) -> SimpleNamespace:
     """The run: model, optimizer and data, fresh or resumed exactly, and the training forward."""
     raw = model.to(rt.device).train()                      # evaluated, saved: not compiled/wrapped
     opt = Adafactor(raw.parameters(), lr=cfg.lr) if cfg.optimizer == "adafactor" else \
         torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    run = SimpleNamespace(cfg=cfg, rt=rt, raw=raw, optimizer=opt, data=data, step=0, best=-1.0,
-                          best_step=-1, saved_step=None, losses=[], metrics={},
+    run = SimpleNamespace(cfg=cfg, rt=rt, raw=raw, optimizer=opt, data=data, step=0, losses=[],
+                          best_token_acc=-1.0, best_step=-1, saved_step=None, metrics={},
                           last_path=os.path.join(cfg.out_dir, "ckpt_last.pt"))
     torch.manual_seed(cfg.seed + rt.rank)                  # dropout stream, distinct per rank
+    os.makedirs(cfg.out_dir, exist_ok=True)
     if resume is not None:                                 # weights, moments, data position, RNGs
-        if missing := [k for k in ("optimizer", "step", "rng", "data", "best_token_acc",
-                                   "best_step") if k not in resume]:
+        keys = ("optimizer", "step", "rng", "data", "best_token_acc", "best_step")
+        if missing := [k for k in keys if k not in resume]:
             raise UserError(f"the checkpoint to resume lacks {missing}: it is not train()'s")
-        raw.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        if rt.scaler.is_enabled() and resume.get("scaler"):
+        for part, key in ((raw, "model"), (opt, "optimizer"), (data, "data")):
+            part.load_state_dict(resume[key])
+        if resume.get("scaler"):                           # float16's (if disabled: ignored)
             rt.scaler.load_state_dict(resume["scaler"])
-        data.load_state_dict(resume["data"])
         run.step = run.saved_step = resume["step"]
-        run.best, run.best_step = resume["best_token_acc"], resume["best_step"]
-        if len(resume["rng"]) == rt.world:
+        run.best_token_acc, run.best_step = resume["best_token_acc"], resume["best_step"]
+        if len(resume["rng"]) != rt.world:                 # another world size: new dropout streams
+            torch.manual_seed(cfg.seed + 1000 * run.step + rt.rank)
+        else:
             rng = resume["rng"][rt.rank]
             torch.set_rng_state(rng["torch"])
             random.setstate(rng["python"])
             if rng["cuda"] is not None:
                 torch.cuda.set_rng_state(rng["cuda"])
-        else:                                              # another world size: new dropout streams
-            torch.manual_seed(cfg.seed + 1000 * run.step + rt.rank)
+    elif rt.master:                                        # --overwrite: no old file outlives it
+        for f in set(RUN_FILES) & set(os.listdir(cfg.out_dir)):
+            os.remove(os.path.join(cfg.out_dir, f))
     run.start, run.micro = run.step, micro_batch(cfg, rt.world)
-    ids = [torch.device(rt.device).index] if rt.device_type == "cuda" else None
-    run.ddp = DDP(raw, device_ids=ids) if rt.world > 1 else None
+    run.ddp = DDP(raw) if rt.world > 1 else None           # its inputs are on its device already
     run.fwd = torch.compile(run.ddp or raw) if cfg.compile else (run.ddp or raw)
     run.full = (cfg.src_len, cfg.tgt_len) if cfg.compile else None   # fixed shapes: no recompiles
-    os.makedirs(cfg.out_dir, exist_ok=True)
     return run
 
 def _evaluate_and_save(run, eval_fn) -> bool:
-    """Evaluate (rank 0) and write ckpt_last.pt, and ckpt_best.pt if the token accuracy improved,
-    when the step calls for it; False once training is done. All ranks reach the RNG gather."""
+    """Where the step calls for it, evaluate (rank 0) and save the run's whole state, every rank's
+    RNGs too, to ckpt_last.pt and, if token accuracy improved, ckpt_best.pt. False at the end."""
     cfg, rt, step, last = run.cfg, run.rt, run.step, run.step == run.cfg.max_steps
     is_eval = last or (step % cfg.eval_interval == 0 and (step > run.start or cfg.eval_at_start))
     is_ckpt = last or (step % cfg.ckpt_interval == 0 and step > run.start)
+    if not (is_eval or is_ckpt):
+        return True
     improved = False
     if is_eval and rt.master:
         with rt.ctx:
             run.metrics = eval_fn(run.raw.eval(), step)
         run.raw.train()
-        tqdm.write(f"eval step {step}: " + " | ".join(f"{k} {v:.4f}" for k, v in
-                                                       run.metrics.items()))
-        run.log(dict(step=step, **{f"val_{k}": v for k, v in run.metrics.items()}))
-        improved = run.metrics["token_acc"] > run.best     # the paper keeps the best validation one
-        if improved:
-            run.best, run.best_step = run.metrics["token_acc"], step
-    ckpt = _checkpoint(run) if is_eval or is_ckpt else None   # all ranks: their RNGs gathered
+        run.log({"step": step} | {f"val_{k}": v for k, v in run.metrics.items()},
+                f"eval step {step}: " + " | ".join(f"{k} {v:.4f}" for k, v in run.metrics.items()))
+        if improved := run.metrics["token_acc"] > run.best_token_acc:   # the paper keeps the best
+            run.best_token_acc, run.best_step = run.metrics["token_acc"], step
+    rng = dict(torch=torch.get_rng_state(), python=random.getstate(),   # Python's: a fork's data
+               cuda=torch.cuda.get_rng_state() if rt.device_type == "cuda" else None)
+    rngs = [rng] * rt.world
+    if rt.world > 1:
+        dist.all_gather_object(rngs, rng)                  # all ranks take part
     if rt.master and (is_ckpt or improved):
+        ckpt = dict(model=run.raw.state_dict(), optimizer=run.optimizer.state_dict(), rng=rngs,
+                    scaler=rt.scaler.state_dict(), step=step, config=asdict(cfg),
+                    model_config=asdict(run.raw.config), data=run.data.state_dict(),
+                    best_token_acc=run.best_token_acc, best_step=run.best_step)
         save_checkpoint(ckpt, run.last_path)               # `last` = the newest good state
         run.saved_step = step
         if improved:
             save_checkpoint(ckpt, os.path.join(cfg.out_dir, "ckpt_best.pt"))
     return not last
-
-def _checkpoint(run) -> dict:
-    """A run's whole state for an exact resume, with every rank's RNGs (Python's: a fork's data)."""
-    rng = dict(torch=torch.get_rng_state(), python=random.getstate(),
-               cuda=torch.cuda.get_rng_state() if run.rt.device_type == "cuda" else None)
-    rngs = [rng] * run.rt.world
-    if run.rt.world > 1:
-        dist.all_gather_object(rngs, rng)
-    return dict(model=run.raw.state_dict(), optimizer=run.optimizer.state_dict(), rng=rngs,
-                scaler=run.rt.scaler.state_dict(), step=run.step, config=asdict(run.cfg),
-                model_config=asdict(run.raw.config), data=run.data.state_dict(),
-                best_token_acc=run.best, best_step=run.best_step)
 
 def _optimizer_step(run) -> tuple:
     """One optimizer step on a global batch; rank r keeps examples r::world, in micro-batches.
@@ -376,10 +348,9 @@ def _optimizer_step(run) -> tuple:
         group["lr"] = lr
     batch = run.data.next_batch(cfg.batch_size)
     n_target = int((batch["labels"] != -100).sum())        # loss: mean over the global batch's
-    mine = {k: v[rt.rank::rt.world] for k, v in batch.items()}
     step_loss, tokens, flops = torch.zeros((), device=rt.device), 0, 0.0
     for i in range(accum):
-        mb = {k: v[i * micro:(i + 1) * micro] for k, v in mine.items()}
+        mb = {k: v[rt.rank::rt.world][i * micro:(i + 1) * micro] for k, v in batch.items()}
         mb = {k: v.to(rt.device, non_blocking=True) for k, v in shape_batch(mb, run.full).items()}
         n_micro = int((mb["labels"] != -100).sum())
         sync = run.ddp is None or i == accum - 1           # gradients all-reduce on the last one
@@ -394,8 +365,8 @@ def _optimizer_step(run) -> tuple:
         dist.all_reduce(step_loss)                         # all ranks see the global loss, any NaN
     loss = step_loss.item()
     rt.scaler.unscale_(run.optimizer)
-    params = [p for p in run.raw.parameters() if p.grad is not None]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf))
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.raw.parameters(),
+                                                     cfg.grad_clip or math.inf))
     # stop before a NaN/inf step touches the weights (fp16 may see inf gradients: the scaler skips)
     if not math.isfinite(loss) or not (math.isfinite(grad_norm) or rt.scaler.is_enabled()):
         good = run.saved_step is not None and f"{run.last_path} (step {run.saved_step}), untouched"
@@ -417,12 +388,10 @@ def ids_to_str(ids) -> str:
 def evaluate(model, batches, *, max_new_tokens: int, decode=ids_to_str, show: int = 3,
              greedy: bool = True) -> dict:
     """Teacher-forced token accuracy (the paper's checkpoint-selection metric), loss and greedy
-    exact match over held-out batches; prints `show` mistakes: source, target, output.
-    greedy=False skips decoding (finetune.py decodes the test split with beam search instead)."""
+    exact match (greedy=False: none) of held-out batches; prints the first `show` mistakes."""
     device = next(model.parameters()).device
     eos, pad = model.config.eos_token_id, model.config.pad_token_id
-    n_tok = n_right = n_ex = n_exact = 0
-    loss_sum, mistakes = 0.0, []
+    n_tok, n_right, n_ex, n_exact, loss_sum = 0, 0, 0, 0, 0.0
     for b in batches:
         b = {k: v.to(device) for k, v in shape_batch(b).items()}
         logits, loss = model(**b)
@@ -439,43 +408,34 @@ def evaluate(model, batches, *, max_new_tokens: int, decode=ids_to_str, show: in
                 pred.pop()                                 # padding after the whole batch ended
             want = b["labels"][i][mask[i]].tolist()
             n_ex, n_exact = n_ex + 1, n_exact + (pred == want)
-            if pred != want and len(mistakes) < show:
-                mistakes.append((b["input_ids"][i][b["attention_mask"][i].bool()].tolist(), want,
-                                 pred))
-    for src, want, pred in mistakes:
-        tqdm.write(f"  source: {decode(src)[:150]}\n  target: {decode(want)[:150]}\n"
-                   f"  output: {decode(pred)[:150] or '-'}")
+            if pred != want and n_ex - n_exact <= show:
+                src = b["input_ids"][i][b["attention_mask"][i].bool()].tolist()
+                tqdm.write(f"  source: {decode(src)[:150]}\n  target: {decode(want)[:150]}\n"
+                           f"  output: {decode(pred)[:150] or '-'}")
     out = dict(loss=loss_sum / max(n_tok, 1), token_acc=n_right / max(n_tok, 1))
     return dict(out, exact_match=n_exact / max(n_ex, 1)) if greedy else out
 
 # ----------------------------------------------------------------------------- MFU
 def matmul_peak(dtype=torch.float32, device="cpu", n=1024, reps=5) -> float:
-    """MFU's realistic ceiling: the best FLOP/s of a square matmul over `reps` timings after a
-    warm-up (a busy moment cannot inflate the MFU; torch.full leaves the RNG stream alone). The
-    size doubles from 256 to n while one matmul takes under 50 ms: an emulated dtype (bf16 on most
-    CPUs) costs seconds, not minutes."""
-    size = 256
-    while True:
-        a, t0 = torch.full((size, size), 0.5, dtype=dtype, device=device), time.perf_counter()
-        (a @ a).sum().item()
-        if size >= n or time.perf_counter() - t0 > 0.05:
-            break
-        size *= 2
-    times = []
-    for _ in range(reps):
+    """MFU's realistic ceiling: the best FLOP/s of `reps` square matmuls (a busy moment cannot
+    inflate the MFU; torch.full leaves the RNG alone), their size doubled from 256 up to n while one
+    takes under 50 ms: an emulated dtype (bf16 on most CPUs) costs seconds, not minutes."""
+    def seconds(a):
         t0 = time.perf_counter()
         (a @ a).sum().item()                               # .item() waits for a GPU too
-        times.append(time.perf_counter() - t0)
-    return 2 * size ** 3 / min(times)
+        return time.perf_counter() - t0
+    size = 256                                             # the first timing of a size: warm-up
+    while seconds(a := torch.full((size, size), 0.5, dtype=dtype, device=device)) <= 0.05 \
+            and size < n:
+        size *= 2
+    return 2 * size ** 3 / min(seconds(a) for _ in range(reps))
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the datasheets; float32 runs use TF32 at half of these.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 
 def datasheet_peak(device, dtype=torch.bfloat16):
     """A known GPU's datasheet peak for bf16 (float32: TF32) matmuls; None for CPUs, other GPUs."""
-    if torch.device(device).type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
+    name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else ""
     peak = next((p for key, p in PEAK_FLOPS.items() if key in name), None)
     return peak / 2 if peak and dtype == torch.float32 else peak
 
@@ -485,12 +445,11 @@ def estimate_mfu(tokens_per_s, flops_per_token, peak_flops, training=True) -> fl
 
 # ============================================================================= CPU only
 def keep_freed_memory() -> bool:
-    """The one CPU-only speed-up (setup_runtime calls it; delete both to go without): glibc keeps
-    freed memory instead of returning it to the OS. PyTorch's CPU allocator is plain malloc, so each
-    activation above the mmap threshold is a fresh mmap whose pages the kernel zero-fills on first
-    touch (~0.3 s per step for one [2048, 32128] float32 logits buffer in a VM). Measured on the CPU
-    fine-tuning cell (MTOP, tiny model, 200 steps, 200 beam-4 decodes): 0.72x the wall time, system
-    time 3 s vs 44 s, peak RSS 2.9 vs 5.0 GiB. Process-wide: call it once."""
+    """The one CPU-only speed-up (setup_runtime calls it; delete both to go without), process-wide:
+    glibc keeps freed memory. PyTorch's CPU allocator is malloc, so each activation above the mmap
+    threshold was a fresh mmap the kernel zero-fills on first touch (~0.3 s/step for one [2048,
+    32128] float32 logits buffer in a VM). On the CPU MTOP fine-tuning cell (200 steps, 200 beam-4
+    decodes): 0.72x the wall time, system time 3 vs 44 s, peak RSS 2.9 vs 5.0 GiB."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

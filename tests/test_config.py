@@ -29,6 +29,11 @@ class Cfg(Base):
 PRESETS = {"small": dict(steps=5), "big": dict(steps=50, lr=0.5)}
 
 
+def recipe(c):                                             # what the scripts pass as `presets`
+    config.check_choice("preset", c.preset, PRESETS)
+    return PRESETS[c.preset]
+
+
 def test_values_are_typed_from_the_annotations():
     cfg = config.parse(Cfg, ["--lr=1", "--name=2024", "--steps=7"])
     assert (cfg.lr, cfg.name, cfg.steps) == (1.0, "2024", 7) and isinstance(cfg.lr, float)
@@ -53,8 +58,8 @@ def test_bad_arguments_name_the_key_and_what_is_valid():
         config.parse(Cfg, ["--stepz=1"])
     with pytest.raises(UserError, match=r"bad argument 'steps=1': settings are --key=value"):
         config.parse(Cfg, ["steps=1"])
-    with pytest.raises(UserError, match=r"unknown preset 'huge'; valid presets: small, big"):
-        config.parse(Cfg, ["--preset=huge"], PRESETS)
+    with pytest.raises(UserError, match=r"--preset='huge' is not one of small, big"):
+        config.parse(Cfg, ["--preset=huge"], recipe)
     with pytest.raises(UserError, match=r"--name='z' is not one of a, b"):
         config.check_choice("name", "z", ("a", "b"))
     with pytest.raises(UserError, match=r"--lr=2 must be in \[0, 1\]"):
@@ -63,10 +68,11 @@ def test_bad_arguments_name_the_key_and_what_is_valid():
         config.check_range("steps", 0, lo=1)
 
 
-def test_presets_apply_first_and_may_be_a_function_of_other_fields():
-    cfg = config.parse(Cfg, ["--preset=big", "--lr=0.2"], PRESETS)
+def test_presets_apply_first_and_are_a_function_of_other_fields():
+    cfg = config.parse(Cfg, ["--preset=big", "--lr=0.2"], recipe)
     assert (cfg.steps, cfg.lr) == (50, 0.2)                # the command line wins
-    assert config.parse(Cfg, [], PRESETS).steps == 5       # the default preset applies too
+    assert config.parse(Cfg, [], recipe).steps == 5        # the default preset applies too
+    assert config.parse(Cfg, []).steps == 3                # no presets: the defaults
     by_name = lambda c: dict(steps=len(c.name) * 10)       # noqa: E731
     assert config.parse(Cfg, ["--name=abc"], by_name).steps == 30
     assert config.parse(Cfg, ["--name=abc", "--steps=1"], by_name).steps == 1
@@ -74,7 +80,7 @@ def test_presets_apply_first_and_may_be_a_function_of_other_fields():
 
 def test_help_prints_the_values_that_would_run_with_inherited_comments(capsys):
     with pytest.raises(SystemExit) as e:
-        config.parse(Cfg, ["--preset=big", "-h"], PRESETS, "The tool.\n\nMore.")
+        config.parse(Cfg, ["--preset=big", "-h"], recipe, "The tool.\n\nMore.")
     out = capsys.readouterr().out
     assert e.value.code == 0 and out.startswith("The tool.\n")
     assert "--steps=50" in out and "--lr=0.5" in out                    # the preset's values

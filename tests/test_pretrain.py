@@ -7,7 +7,6 @@ import os
 import random
 import subprocess
 import sys
-from functools import partial
 
 import pytest
 import torch
@@ -90,6 +89,7 @@ def test_bad_settings_are_user_errors_before_any_work(capsys):
              (["--grad_clip=-1"], r"--grad_clip=-1\.0 must be >= 0"),
              (["--dropout=1.5"], r"--dropout=1\.5 must be in \[0, 1\]"),
              (["--workers=-1"], r"--workers=-1 must be >= 0"),
+             (["--init=x.pt"], r"--init='x.pt' is not one of scratch, resume"),
              (["--micro_batch_size=3"], r"not divisible"),
              (["--dtype=float16", "--max_steps=1"], r"float16 needs CUDA")]
     for args, message in cases:
@@ -160,24 +160,15 @@ def test_ddp_two_processes_equal_one(tmp_path):
     assert one["step"] == 3 and load_checkpoint(str(tmp_path / "two" / "ckpt_last.pt"))["step"] == 3
 
 
-def test_bfloat16_adamw_and_init_from_a_checkpoint(tmp_path):
+def test_bfloat16_and_adamw(tmp_path):
     out = run(tmp_path / "a", "--max_steps=2", "--dtype=bfloat16", "--optimizer=adamw", "--lr=1e-3")
     assert len(out["losses"]) == 2 and all(math.isfinite(x) for x in out["losses"])
-    ckpt = str(tmp_path / "a" / "ckpt_last.pt")
-    b = run(tmp_path / "b", "--max_steps=1", "--task=identity", f"--init={ckpt}")   # weights only
-    assert b["step"] == 1 and load_checkpoint(str(tmp_path / "b" / "ckpt_last.pt"))["step"] == 1
-    with pytest.raises(UserError, match=r"--init=.*ckpt_last\.pt is another model \(d_model=128"
-                                        r".*\) than --model/--vocab_size/--tokenizer give "
-                                        r"\(d_model=256"):
-        run(tmp_path / "c", "--max_steps=1", f"--init={ckpt}", "--model=cpu")
-    with pytest.raises(UserError, match=r"model \(vocab_size=256\) than .* \(vocab_size=512\)"):
-        run(tmp_path / "c", "--max_steps=1", f"--init={ckpt}", "--vocab_size=512")
 
 
 # ----------------------------------------------------------------------------- background batches
 def test_worker_batches_equal_main_process_batches_and_workers_stop():
-    build = partial(get_task, "set", Vocab(256), min_len=10, max_len=16)
-    ref, bg = (TaskData(build(), 1, 16, 16, workers=w, build=build) for w in (0, 2))  # 16: cuts
+    task = get_task("set", Vocab(256), min_len=10, max_len=16)
+    ref, bg = (TaskData(task, 1, 16, 16, workers=w) for w in (0, 2))   # 16: some are cut
 
     def same(n, steps):
         for _ in range(steps):
@@ -185,10 +176,12 @@ def test_worker_batches_equal_main_process_batches_and_workers_stop():
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         assert bg.state_dict() == ref.state_dict()
     try:
+        rng = torch.get_rng_state()
         same(8, 5)
-        assert ref.state_dict()["position"] == 40 and ref.state_dict()["truncated"] > 0
+        assert torch.equal(torch.get_rng_state(), rng)     # dropout's stream: not DataLoader's
+        assert ref.state_dict() == dict(position=40)
         for data in (ref, bg):                             # a resume: the batches ahead are dropped
-            data.load_state_dict(dict(position=12, truncated=3))
+            data.load_state_dict(dict(position=12))
         same(8, 3)
         same(5, 2)                                         # another batch size
         assert len(multiprocessing.active_children()) == 2
@@ -245,8 +238,6 @@ def test_missing_or_corrupt_checkpoint_fails_clearly(tmp_path):
     (tmp_path / "ckpt_last.pt").write_bytes(os.urandom(2000))
     with pytest.raises(UserError, match=r"ckpt_last\.pt is not a torch checkpoint \(unreadable"):
         run(tmp_path, "--init=resume")
-    with pytest.raises(UserError, match=r"nope\.pt does not exist"):
-        run(tmp_path / "new", f"--init={tmp_path / 'nope.pt'}")
     torch.save(dict(model={}, model_config={}), tmp_path / "ckpt_last.pt")   # e.g. stats_init's
     with pytest.raises(UserError, match=r"ckpt_last\.pt holds no settings"):
         run(tmp_path, "--init=resume")
@@ -255,11 +246,10 @@ def test_missing_or_corrupt_checkpoint_fails_clearly(tmp_path):
 def test_a_scratch_run_never_replaces_another(tmp_path):
     run(tmp_path, "--max_steps=2")
     before = params(tmp_path / "ckpt_last.pt")
-    for init in ("scratch", str(tmp_path / "ckpt_best.pt")):   # a fresh start either way
-        with pytest.raises(UserError, match=rf"--out_dir={tmp_path} holds a run \(ckpt_last\.pt, "
-                           r"ckpt_best\.pt, log\.jsonl, result\.json\): continue it with "
-                           r"--init=resume, replace it with --overwrite=True"):
-            run(tmp_path, "--max_steps=1", f"--init={init}")
+    with pytest.raises(UserError, match=rf"--out_dir={tmp_path} holds a run \(ckpt_last\.pt, "
+                       r"ckpt_best\.pt, log\.jsonl, result\.json\): continue it with "
+                       r"--init=resume, replace it with --overwrite=True"):
+        run(tmp_path, "--max_steps=1")
     after = params(tmp_path / "ckpt_last.pt")
     assert all(torch.equal(before[k], after[k]) for k in before)
     (tmp_path / "old.txt").write_text("not a run's file")

@@ -137,8 +137,24 @@ def test_matmul_peak_stops_growing_at_a_slow_matmul(monkeypatch):
     monkeypatch.setattr(train.torch, "full", full)
     monkeypatch.setattr(train.time, "perf_counter",
                         lambda: next(clock) * (0.3 if sizes[-1] > 512 else 0.01))
-    assert train.matmul_peak(torch.float32, "cpu", n=4096, reps=2) == pytest.approx(2 * 1024 ** 3 / 0.3)
+    peak = train.matmul_peak(torch.float32, "cpu", n=4096, reps=2)
+    assert peak == pytest.approx(2 * 1024 ** 3 / 0.3)
     assert sizes == [256, 512, 1024]
     sizes.clear()
     train.matmul_peak(torch.float32, "cpu", n=512, reps=2)
     assert sizes == [256, 512]
+
+
+def test_evaluate_scores_and_prints_the_first_mistakes(capsys, one_thread):
+    from model import T5, get_config
+    from tasks import collate
+    from train import evaluate
+    torch.manual_seed(0)
+    model = T5(get_config("tiny", vocab_size=64)).eval()   # untrained: every output is wrong
+    batch = collate([([5, 6, 7, 1], [8, 9, 1])] * 3 + [([10, 11, 1], [12, 1])] * 2, 8, 8)[0]
+    out = evaluate(model, [batch], max_new_tokens=4, show=2)
+    assert set(out) == {"loss", "token_acc", "exact_match"} and out["exact_match"] == 0
+    assert 0 <= out["token_acc"] < 1 and out["loss"] > 0
+    assert capsys.readouterr().out.count("  source: 5 6 7 1\n  target: 8 9 1\n  output: ") == 2
+    assert evaluate(model, [batch], max_new_tokens=4, greedy=False).keys() == {"loss", "token_acc"}
+    assert capsys.readouterr().out == ""                   # no decoding, nothing to show
