@@ -95,7 +95,7 @@ if __name__ == "__main__":                            # the workers import this 
     for name in ("set", "lime", "nesting_language"):
         build = partial(get_task, name, Vocab(32100), min_len=10, max_len=220)
         for workers in (0, 4, 8):
-            data = TaskData(build(), 0, 512, 512, workers, build)
+            data = TaskData(build(), 0, 512, 512, workers)
             for _ in range(2 * workers + 1):              # starts the workers, untimed
                 data.next_batch(128)
             t0, n = time.perf_counter(), 2 if smoke else 10

@@ -37,10 +37,9 @@ def fake_pretrained(model):
 
 # --- the paper's groupings, on T5X names ---------------------------------------------------
 T5X_MODULE = {"attn_norm": "pre_attention_layer_norm",
-              "self_attn_norm": "pre_self_attention_layer_norm",
+              "self_attn_norm": "pre_self_attention_layer_norm", "self_attn": "self_attention",
               "cross_attn_norm": "pre_cross_attention_layer_norm", "mlp_norm": "pre_mlp_layer_norm",
-              "attn": "attention", "self_attn": "self_attention",
-              "cross_attn": "encoder_decoder_attention", "mlp": "mlp"}
+              "attn": "attention", "cross_attn": "encoder_decoder_attention", "mlp": "mlp"}
 
 
 def t5x_name(n):
@@ -55,6 +54,8 @@ def t5x_name(n):
         return fixed[n]
     pattern = r"(encoder|decoder)\.block\.(\d+)\.(\w+?)\.(?:(\w+)\.)?weight"
     stack, i, module, sub = re.fullmatch(pattern, n).groups()
+    if stack == "decoder" and module in ("attn", "attn_norm"):  # our attn is T5X's self_attention
+        module = "self_" + module
     if sub is None:  # a layer norm
         return f"{stack}/layers_{i}/{T5X_MODULE[module]}/scale"
     sub = dict(q="query", k="key", v="value", o="out").get(sub, sub)
@@ -180,8 +181,8 @@ def test_preattn_ln_init_sets_exactly_the_pre_attention_norms():
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, ref_params[n])}
     e, d = RELU.num_layers, RELU.num_decoder_layers
     assert changed == ({f"encoder.block.{i}.attn_norm.weight" for i in range(e)}
-                       | {f"decoder.block.{i}.{k}_attn_norm.weight"
-                          for i in range(d) for k in ("self", "cross")})
+                       | {f"decoder.block.{i}.{k}attn_norm.weight"
+                          for i in range(d) for k in ("", "cross_")})
     assert all(torch.all(dict(model.named_parameters())[n] == 0.4) for n in changed)
 
 
