@@ -1,15 +1,12 @@
 """reproduce.py: the paper's three experiments as one resumable grid, with intervals and verdicts.
 
-A cell is a child process at the scale's recipe: pretrain.py once per source (runs/pt-<source>) and
-finetune.py per method, task and seed (runs/ft-<method>-<task>-s<seed>). The parts: table1 (random,
-natural, LIME, nonsense summary, nesting language, Set, Identity on DESIGN's tasks), sweep (the 18
-simple tasks as sources, Experiment 2), table2 (parameter statistics of Set, LIME and Identity) and
-table3 (constant pre-attention layer norm). A cell is done iff its result.json exists (the child writes
-it last) and its dependencies are the runs it was made from; a re-run reuses done cells, resumes killed
-ones from their checkpoint and re-runs the rest, saying why. Children die with this process.
-Writes to --out: table1.md, sweep.md, table2.md, table3.md, verdict.md, benefit.svg, sweep.svg,
-results.json (every cell's command, commit and result; the reports regenerate from it) and run.log.
-    python reproduce.py --scale=cpu                  # the whole CPU grid (~6 h on 2 cores)
+Each cell is a child process: pretrain.py once per source (runs/pt-<source>), finetune.py per method,
+task and seed (runs/ft-<method>-<task>-s<seed>). Parts: table1 (random, natural, LIME, nonsense
+summary, nesting language, Set, Identity), sweep (Experiment 2: the 18 simple tasks), table2
+(statistics of Set, LIME, Identity), table3 (constant pre-attention norm). A finished cell is reused
+only if its dependencies are the runs it was made from; a killed one resumes from its checkpoint;
+children die with this process. Writes the reports, results.json and run.log to --out.
+    python reproduce.py --scale=cpu                  # the CPU grid (~6 h on 2 cores), resumable
     python reproduce.py --scale=cpu --dry_run=True   # its cells and commands
     python reproduce.py --scale=cpu --report_only=True   # the reports again from results.json
     python reproduce.py --scale=paper --t5_dir=data/t5-small --t5_v11_dir=data/t5-v1_1-small
@@ -27,32 +24,25 @@ import config
 from tokenizer import get_tokenizer
 
 DOWNSTREAM = ["mtop", "webqsp", "squad", "retrosynthesis", "code_translation", "cnndm_10k"]
-# The experiment's design. Recipes (model, lengths, optimiser, fine-tuning budgets and test sizes
-# per task) are the scripts' own --preset=<scale>; only the pre-training budgets are set here.
+# The experiment's design; the recipes (model, lengths, fine-tuning budget and test size per task)
+# are the scripts' own --preset=<scale>. results/cpu/DESIGN.md says why each value.
 DESIGN = {
-    "cpu": dict(
-        pretrain_steps=1000,    # every synthetic source; the natural one gets 10x (see README)
-        natural_steps=10000,
-        natural="pretrain",     # span corruption of natural_text/ with this BPE (T5's saw C4 only)
-        tokenizer=dict(path="cache/bpe8192-natural.json", size=8192),
-        tasks=["mtop", "webqsp", "retrosynthesis"],   # Table 1's; the other parts use the first
-        seeds=3, sweep_seeds=2, jobs=2,   # two one-thread cells at a time on 2 cores
-        ln_values=[0.05, 0.1, 0.2, 0.4, 0.6, 0.8]),
-    "paper": dict(
-        pretrain_steps=None, natural_steps=None,    # the preset's 80k steps
-        natural="hf", tokenizer=None,   # the off-the-shelf T5 and its tokenizer.json, as the paper
-        tasks=DOWNSTREAM, seeds=1, sweep_seeds=1, jobs=1,   # the paper fine-tuned once; one GPU
-        ln_values=[0.05, 0.1, 0.2, 0.4, 0.6, 0.8])}
+    "cpu": dict(pretrain_steps=1000, natural_steps=15000,   # natural: 15x a synthetic source
+                natural="pretrain",   # span corruption of natural_text/, this BPE (T5's saw C4)
+                tokenizer=dict(path="cache/bpe8192-natural.json", size=8192),
+                tasks=["mtop", "webqsp", "squad"],   # Table 1's; the other parts use the first
+                seeds=3, sweep_seeds=2, jobs=2, ln_values=[0.05, 0.1, 0.2, 0.4, 0.6, 0.8]),
+    "paper": dict(pretrain_steps=None, natural_steps=None,   # the preset's 80k steps
+                  natural="hf", tokenizer=None,  # the off-the-shelf T5 and its tokenizer.json
+                  tasks=DOWNSTREAM, seeds=1, sweep_seeds=1, jobs=1,   # fine-tuned once, 1 GPU
+                  ln_values=[0.05, 0.1, 0.2, 0.4, 0.6, 0.8])}
 PARTS = ["table1", "sweep", "table2", "table3"]
 TABLE1_SOURCES = ["lime", "nonsense_summary", "nesting_language", "set", "identity"]
 STATS_SOURCES = ["set", "lime", "identity"]
 STATS_SCHEMES = ["per_param_mean_sd", "per_param_scale", "whole_model_scale",
                  "preattn_ln_per_param_scale"]
 LABELS = dict(random="Random init", natural="Natural pre-training", lime="LIME",
-              nonsense_summary="Nonsense summary", nesting_language="Nesting language",
-              per_param_mean_sd="Per Param Mean/SD", per_param_scale="Per Param Scale",
-              whole_model_scale="Whole Model Scale",
-              preattn_ln_per_param_scale="Pre-attn LN Per Param Scale")
+              per_param_mean_sd="Per Param Mean/SD", preattn_ln_per_param_scale="Pre-attn LN PPS")
 PAPER = {"lime": 67.0, "set": 65.0, "stats": 39.0}   # % of benefit, means over six tasks
 BOOTSTRAP = 2000                                    # resamples of the seeds, numpy seed 0
 
@@ -149,65 +139,61 @@ def build_cells(cfg) -> list:
                     dict(method=method, label=label or LABELS.get(method, method.title()),
                          parts=[part], task=t, seed=seed, source=src))
 
-    refs = [p for p in parts if p != "sweep"] + ["sweep"] * ("sweep" in parts)
     if d["natural"] == "pretrain":
         nat_deps, nat_ckpt = pretrain("natural")
         natural = lambda t: nat_ckpt  # noqa: E731
     else:  # the off-the-shelf T5 (v1.1 for CNNDM, as the paper); placeholders for a dry run
         nat_deps, key = [], lambda t: "t5_v11_dir" if t == "cnndm_10k" else "t5_dir"
         natural = lambda t: "hf:" + (getattr(cfg, key(t)) or f"<{key(t).upper()}>")  # noqa
-    for part in refs:  # the references first: partial grids already give percentages
-        ts, n = (tasks, cfg.seeds) if part == "table1" else (tasks[:1], cfg.seeds)
-        finetune("random", part, lambda t: "scratch", ts, n)
-        finetune("natural", part, natural, ts, n, nat_deps, "natural")
+    for part in parts:  # the references first: partial grids already give percentages
+        ts = tasks if part == "table1" else tasks[:1]
+        finetune("random", part, lambda t: "scratch", ts, cfg.seeds)
+        finetune("natural", part, natural, ts, cfg.seeds, nat_deps, "natural")
     sources = [(s, "table1", tasks, cfg.seeds) for s in TABLE1_SOURCES * ("table1" in parts)]
-    sources += [(s, "sweep", tasks[:1], cfg.sweep_seeds) for s in list(SIMPLE) * ("sweep" in parts)]
+    sources += [(s, "sweep", tasks[:1], cfg.sweep_seeds) for s in [*SIMPLE] * ("sweep" in parts)]
     for src, part, ts, n in sources:  # fine-tune the whole checkpoint
         deps, ckpt = pretrain(src)
-        finetune(src, part, lambda t, c=ckpt: c, ts, n, deps, src, LABELS.get(src, src.title()))
+        finetune(src, part, lambda t, c=ckpt: c, ts, n, deps, src, LABELS.get(src))
     for src in STATS_SOURCES * ("table2" in parts):  # only per-group statistics transfer
         deps, ckpt = pretrain(src)
         for sch in STATS_SCHEMES:
+            label = LABELS.get(sch, sch.replace("_", " ").title()) + f" (from {src.title()})"
             finetune(f"stats-{sch}-{src}", "table2", lambda t, s=sch, c=ckpt: f"stats:{s}:{c}",
-                     tasks[:1], cfg.seeds, deps, src, f"{LABELS[sch]} (from {src.title()})")
+                     tasks[:1], cfg.seeds, deps, src, label)
     for c in _list(cfg, "ln_values", float) * ("table3" in parts):  # no checkpoint at all
         finetune(f"ln{c:g}", "table3", lambda t, c=c: f"preattn_ln:{c:g}", tasks[:1], cfg.seeds,
                  label=f"Pre-attn LN = {c:g}")
     return list(cells.values())
 
 # ----------------------------------------------------------------------------- running the cells
-def read_result(cell):
-    path = Path(cell.out_dir) / "result.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def read(cell, name="result.json", raw=False):
+    """A file of the cell's folder: result.json (written last: "finished") or cell.json (written
+    first: its command, its dependencies' runs and the code's commit); None if absent."""
+    path = Path(cell.out_dir) / name
+    return None if not path.exists() else path.read_bytes() if raw else json.loads(path.read_text())
 
-def fingerprint(cell):
-    """Which run a finished cell is: the hash of its result.json (None if unfinished)."""
-    path = Path(cell.out_dir) / "result.json"
-    return hashlib.sha1(path.read_bytes()).hexdigest() if path.exists() else None
-
-def _cell_json(cell) -> dict:  # written as the cell starts: its command, deps' runs and commit
-    path = Path(cell.out_dir) / "cell.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+def fingerprint(cell):  # which run a finished cell is
+    return (raw := read(cell, raw=True)) and hashlib.sha1(raw).hexdigest()
 
 def commit() -> str:
     """The code's git commit, '+dirty' if it has uncommitted changes ('unknown' outside git)."""
     git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True,  # noqa: E731
                                     cwd=Path(__file__).parent).stdout.strip()
-    sha = git("rev-parse", "HEAD") or "unknown"
-    return sha + "+dirty" * bool(git("status", "--porcelain", "--untracked-files=no"))
+    return (git("rev-parse", "HEAD") or "unknown") + "+dirty" * bool(
+        git("status", "--porcelain", "--untracked-files=no"))
 
 def plan(cells, say=print) -> set:
     """The ids of the cells to run. A finished cell is reused only if each dependency is still
     the run it was made from; otherwise it runs again, with its dependants. A pre-training cell
     whose checkpoint is gone (results/ is committed without .pt files) runs again only if a
     dependant must run, and then every dependant runs again too: no table mixes two runs."""
-    prints, made = {c.id: fingerprint(c) for c in cells}, {c.id: _cell_json(c) for c in cells}
+    prints = {c.id: fingerprint(c) for c in cells}
+    made = {c.id: (read(c, "cell.json") or {}).get("deps", {}) for c in cells}
     run = {cid for cid, p in prints.items() if p is None}
     while True:
         again = {}
         for c in (c for c in cells if c.id not in run):
-            stale = [d for d in c.deps if d in run or made[c.id].get("deps", {}).get(d) != prints[d]]
-            if stale:
+            if stale := [d for d in c.deps if d in run or made[c.id].get(d) != prints[d]]:
                 again[c.id] = f"{', '.join(stale)} is not the run it was made from"
             elif c.kind == "pretrain" and not (Path(c.out_dir) / "ckpt_best.pt").exists() and \
                     any(c.id in o.deps and o.id in run for o in cells):
@@ -221,10 +207,10 @@ def plan(cells, say=print) -> set:
 def _prepare(cell, cells, code, say):
     """The cell's folder for a start: a killed attempt of the same command with the same
     dependencies resumes from its ckpt_last.pt; anything else starts afresh. The cell to run."""
-    by_id, folder = {c.id: c for c in cells}, Path(cell.out_dir)
-    deps, old = {d: fingerprint(by_id[d]) for d in cell.deps}, _cell_json(cell)
-    if (folder / "ckpt_last.pt").exists() and old.get("cmd") == cell.cmd and \
-            old.get("deps") == deps and fingerprint(cell) is None:
+    folder, old = Path(cell.out_dir), read(cell, "cell.json") or {}
+    deps = {d: fingerprint(c) for c in cells for d in cell.deps if c.id == d}
+    if (folder / "ckpt_last.pt").exists() and (old.get("cmd"), old.get("deps")) == (
+            cell.cmd, deps) and fingerprint(cell) is None:
         say(f"resuming {cell.id} from its last checkpoint")
         return replace(cell, cmd=cell.cmd[:2] + ["--init=resume", f"--out_dir={cell.out_dir}"])
     shutil.rmtree(folder, ignore_errors=True)
@@ -247,40 +233,30 @@ def subprocess_runner(cell, log_path, threads=0):
     with open(log_path, "a") as log:
         return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
-def exit_on_signals():
-    """Ctrl-C or SIGTERM ends the grid at once (the children die with it, see LAUNCH), where the
-    thread pool would wait for them. Every file is written atomically."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
+def exit_on_signals():  # at once: the children die with us (LAUNCH), not waited for; files are
+    for sig in (signal.SIGINT, signal.SIGTERM):   # written atomically
         signal.signal(sig, lambda n, frame: os._exit(128 + n))
 
 def _fmt(s):  # seconds -> h:mm:ss
     return f"{int(s) // 3600}:{int(s) // 60 % 60:02d}:{int(s) % 60:02d}"
 
-def _eta(cells, durations, jobs=1):
-    """Time left: per cell the mean duration of finished cells of its kind and task (or of its
-    kind), shared by `jobs` parallel workers."""
+def _eta(cells, durations, jobs=1):  # per cell: the mean time of its kind and task (or kind)
     total, untimed = 0.0, 0
     for c in cells:
-        key = (c.kind, c.meta.get("task"))
-        same = durations.get(key) or [x for k, v in durations.items() if k[0] == c.kind for x in v]
-        total, untimed = (total + statistics.mean(same), untimed) if same else (total, untimed + 1)
+        same = durations.get((c.kind, c.meta.get("task"))) or [
+            x for k, v in durations.items() if k[0] == c.kind for x in v]
+        total, untimed = total + (statistics.mean(same) if same else 0), untimed + (not same)
     return _fmt(total / jobs) + (f" + {untimed} untimed cells" if untimed else "")
 
 def _failure(cell, fut):  # None when the cell wrote its result.json (whatever the exit code)
-    e = fut.exception()
-    rc = f"runner raised {e!r}" if e else fut.result()
+    rc = f"runner raised {e!r}" if (e := fut.exception()) else fut.result()
     log = Path(cell.out_dir) / "stdout.log"  # the folder stays for inspection; a re-run retries
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else ""
-    return None if read_result(cell) else f"exit code {rc}, no result.json; log tail:\n{tail}"
-
-def _record(c, error=None):  # a cell in results.json: what ran, from which code, what it gave
-    res = read_result(c)
-    return dict(id=c.id, kind=c.kind, meta=c.meta, cmd=c.cmd, commit=_cell_json(c).get("commit"),
-                result=res, error=error, wall_s=(res or {}).get("wall_s"))
+    return None if read(cell) else f"exit code {rc}, no result.json; log tail:\n{tail}"
 
 def run_cells(cells, runner=subprocess_runner, log_file=None, jobs=1) -> list:
     """Run every cell plan() selects, up to `jobs` at a time, in grid order as dependencies allow;
-    returns one record per cell (result, error, commit)."""
+    returns one record per cell: what ran, from which commit, its result or error."""
     pos = {c.id: i for i, c in enumerate(cells)}
     for c in cells:  # the grid must list each dependency before its users
         if any(pos.get(d, len(cells)) > pos[c.id] for d in c.deps):
@@ -292,8 +268,7 @@ def run_cells(cells, runner=subprocess_runner, log_file=None, jobs=1) -> list:
             with open(log_file, "a") as f:
                 f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
     to_run, durations, errors, code = plan(cells, say), {}, {}, commit()
-    pending = [c for c in cells if c.id in to_run]
-    t0, running = time.time(), {}  # future -> (cell, start time)
+    pending, t0, running = [c for c in cells if c.id in to_run], time.time(), {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while pending or running:
             busy = {c.id for c in pending} | {c.id for c, _ in running.values()}
@@ -301,7 +276,7 @@ def run_cells(cells, runner=subprocess_runner, log_file=None, jobs=1) -> list:
                 if len(running) >= jobs:
                     break
                 pending.remove(cell)
-                if any(read_result(cells[pos[d]]) is None for d in cell.deps):
+                if any(read(cells[pos[d]]) is None for d in cell.deps):
                     errors[cell.id] = f"skipped: a dependency of {cell.deps} has no result.json"
                     continue
                 eta = _eta(pending + [c for c, _ in running.values()], durations, jobs)
@@ -310,85 +285,82 @@ def run_cells(cells, runner=subprocess_runner, log_file=None, jobs=1) -> list:
                 fut = pool.submit(runner, _prepare(cell, cells, code, say),
                                   Path(cell.out_dir) / "stdout.log")
                 running[fut] = (cell, time.time())
-            if not running:  # everything left is skipped
-                break
-            for fut in wait(list(running), return_when=FIRST_COMPLETED)[0]:
+            for fut in wait(list(running), return_when=FIRST_COMPLETED)[0] if running else ():
                 cell, start = running.pop(fut)
-                if (err := _failure(cell, fut)) is None:
+                if err := _failure(cell, fut):
+                    errors[cell.id] = err
+                    say(f"FAILED {cell.id}: {err}")
+                else:
                     durations.setdefault((cell.kind, cell.meta.get("task")), []).append(
                         time.time() - start)
                     say(f"finished {cell.id} in {_fmt(time.time() - start)}")
-                else:
-                    errors[cell.id] = err
-                    say(f"FAILED {cell.id}: {err}")
     say(f"{len(cells) - len(errors)} of {len(cells)} cells finished, {len(errors)} failed or "
         f"skipped; this invocation took {_fmt(time.time() - t0)}")
-    return [_record(c, errors.get(c.id)) for c in cells]
+    return [dict(id=c.id, kind=c.kind, meta=c.meta, cmd=c.cmd, error=errors.get(c.id),
+                 commit=(read(c, "cell.json") or {}).get("commit"), result=read(c)) for c in cells]
 
 # ----------------------------------------------------------------------------- the numbers
 def _interval(xs) -> list:  # the central 95% of the finite bootstrap values
     xs = np.asarray(xs)[np.isfinite(xs)]
     return [float(x) for x in np.percentile(xs, [2.5, 97.5])] if len(xs) else [None, None]
 
-def summarize(records) -> dict:
-    """Every number of the reports. Per method and task: the seeds' scores (each task's main
-    metric at the best validation token accuracy), mean, sample std, % of natural's benefit
-    100 (method - random) / (natural - random); per method the mean % over its tasks on which
-    natural beats random by at least 3 pooled seed stds, with a 95% interval from BOOTSTRAP
-    resamples of each (method, task)'s seeds."""
+MEASURES = {"score": ("the paper's metric", "each task's main metric on its test examples (exact "
+                       "match; ROUGE-1 for CNNDM) at the step of best validation token accuracy"),
+            "token_acc": ("validation token accuracy", "the best validation token accuracy "
+                          "(teacher forced, x100), the score's selection criterion")}
+
+def summarize(records, measure="score") -> dict:
+    """Every number of the reports, on one measure: "score" (the task's main metric at the best
+    validation token accuracy, the paper's) or "token_acc" (that accuracy, x100). Per method and
+    task: the seeds' mean and sample std, the % of natural's benefit 100 (method - random) /
+    (natural - random); per method the mean % over its tasks where natural beats random by at
+    least 3 pooled seed stds, with a 95% interval from BOOTSTRAP resamples of each cell's seeds."""
     pre = {r["meta"]["source"]: r["result"] or {} for r in records if r["kind"] == "pretrain"}
     ft = [r for r in records if r["kind"] == "finetune"]
-    tasks = list(dict.fromkeys(r["meta"]["task"] for r in ft))
-    scores, methods, n_test = {}, {}, {}
+    tasks, scores, methods, n_test = list(dict.fromkeys(r["meta"]["task"] for r in ft)), {}, {}, {}
     for r in ft:
-        m, res = r["meta"], r["result"]
-        src = pre.get(m["source"], {})
-        methods.setdefault(m["method"], dict(
-            label=m["label"], parts=m["parts"], source=m["source"], tasks=[],
+        m, res, src = r["meta"], r["result"], pre.get(r["meta"]["source"], {})
+        row = methods.setdefault(m["method"], dict(
+            label=m["label"], parts=m["parts"], source=m["source"], tasks=[], per_task={},
             pretrain=[src.get("best_val_token_acc"), src.get("val_exact_match"),
                       ((src.get("baselines") or {}).get("constant") or {}).get("token_acc")]))
-        if m["task"] not in methods[m["method"]]["tasks"]:
-            methods[m["method"]]["tasks"].append(m["task"])
+        row["tasks"] += [m["task"]] * (m["task"] not in row["tasks"])
         if res:
             scores.setdefault((m["method"], m["task"]), []).append(
-                (res["score"], 100 * res["best_val_token_acc"]))
+                res["score"] if measure == "score" else 100 * res["best_val_token_acc"])
             n_test[m["task"]] = res.get("n_test")
     rng, boot = np.random.default_rng(0), {}
-    for key, runs in scores.items():  # in grid order: the same draws every time
-        s = np.array([x for x, _ in runs])
-        boot[key] = s[rng.integers(0, len(s), (BOOTSTRAP, len(s)))].mean(1)
-    stat = lambda k: dict(n=len(scores[k]), mean=statistics.mean(x for x, _ in scores[k]),  # noqa
-                          std=statistics.stdev(x for x, _ in scores[k]) if len(scores[k]) > 1
-                          else 0.0, token_acc=statistics.mean(a for _, a in scores[k]))
+    for (k, t), x in scores.items():  # in grid order: the same draws every time
+        boot[k, t] = np.array(x)[rng.integers(0, len(x), (BOOTSTRAP, len(x)))].mean(1)
+        methods[k]["per_task"][t] = dict(n=len(x), mean=statistics.mean(x), std=statistics.stdev(
+            x) if len(x) > 1 else 0.0)
+    ref = lambda t: [methods.get(k, {}).get("per_task", {}).get(t) for k in ("random",  # noqa
+                                                                           "natural")]
     margins = {}
     for t in tasks:
-        if ("random", t) in scores and ("natural", t) in scores:
-            r, n = stat(("random", t)), stat(("natural", t))
-            pooled = ((r["std"] ** 2 + n["std"] ** 2) / 2) ** 0.5
-            margins[t] = dict(diff=n["mean"] - r["mean"], pooled_std=pooled,
-                              ok=n["mean"] - r["mean"] >= 3 * pooled and pooled > 0)
+        if None not in (rn := ref(t)):
+            d, pooled = rn[1]["mean"] - rn[0]["mean"], ((rn[0]["std"] ** 2 + rn[1]["std"] ** 2)
+                                                        / 2) ** 0.5
+            margins[t] = dict(diff=d, pooled_std=pooled, ok=pooled > 0 and d >= 3 * pooled)
     for k, m in methods.items():
-        m["per_task"], pcts, draws = {}, [], []
-        for t in m["tasks"]:
-            if (k, t) not in scores:
+        pcts, draws = [], []
+        for t, c in m["per_task"].items():
+            if t not in margins:
                 continue
-            c = m["per_task"][t] = stat((k, t))
-            if t in margins:
-                r, n = stat(("random", t))["mean"], stat(("natural", t))["mean"]
-                c["pct"] = 100 * (c["mean"] - r) / (n - r) if n != r else None
-                with np.errstate(divide="ignore", invalid="ignore"):  # natural = random: inf
-                    b = 100 * (boot[k, t] - boot["random", t]) / (
-                        boot["natural", t] - boot["random", t])
-                c["pct_ci"] = _interval(b)
-                if margins[t]["ok"] and c["pct"] is not None:
-                    pcts.append(c["pct"])
-                    draws.append(b)
-        m["pct"] = statistics.mean(pcts) if pcts else None
-        m["pct_ci"] = _interval(np.mean(draws, 0)) if draws else [None, None]
-        m["pct_tasks"] = len(pcts)
+            r, n = (x["mean"] for x in ref(t))
+            c["pct"] = 100 * (c["mean"] - r) / (n - r) if n != r else None
+            with np.errstate(divide="ignore", invalid="ignore"):  # natural = random: inf
+                b = 100 * (boot[k, t] - boot["random", t]) / (boot["natural", t] - boot["random",
+                                                                                    t])
+            c["pct_ci"] = _interval(b)
+            if margins[t]["ok"] and c["pct"] is not None:
+                pcts, draws = pcts + [c["pct"]], draws + [b]
+        m.update(pct=statistics.mean(pcts) if pcts else None, pct_tasks=len(pcts),
+                 pct_ci=_interval(np.mean(draws, 0)) if draws else [None, None])
     sweep = _sweep(methods, boot, tasks[0] if tasks else None)
-    return dict(tasks=tasks, methods=methods, margins=margins, sweep=sweep, n_test=n_test,
-                verdicts=_verdicts(methods, margins, sweep), commits=sorted(
+    return dict(measure=measure, tasks=tasks, methods=methods, margins=margins, sweep=sweep,
+                n_test=n_test,
+                verdicts=_verdicts(methods, sweep), commits=sorted(
                     {r["commit"] or "unknown" for r in records if r["result"]}),
                 errors=[dict(id=r["id"], error=r["error"]) for r in records if r.get("error")])
 
@@ -400,47 +372,45 @@ def _sweep(methods, boot, task) -> dict:
     if not keys:
         return {}
     ranks = 1 + np.argsort(np.argsort(-np.stack([boot[k, task] for k in keys]), 0), 0)
-    order = sorted(keys, key=lambda k: -methods[k]["per_task"][task]["mean"])
-    return dict(task=task, order=order, rank_ci={k: [int(x) for x in np.percentile(
-        ranks[keys.index(k)], [2.5, 97.5], method="nearest")] for k in keys})
+    return dict(task=task, order=sorted(keys, key=lambda k: -methods[k]["per_task"][task]["mean"]),
+                rank_ci={k: [int(x) for x in np.percentile(ranks[i], [2.5, 97.5],
+                                                           method="nearest")]
+                         for i, k in enumerate(keys)})
 
-def _verdict(m, paper, what) -> dict:
-    """The pre-stated rule: reproduced if the 95% interval holds the paper's figure and excludes
-    0; not reproduced if it excludes the paper's figure; else (or without a usable natural
-    reference) inconclusive."""
-    lo, hi = m["pct_ci"] if m else (None, None)
-    if lo is None:
-        return dict(claim=what, paper=paper, ours=None, ci=[lo, hi], verdict="inconclusive",
-                    why="no task where natural beats random by 3 seed stds")
-    v = "reproduced" if lo <= paper <= hi and lo > 0 else \
+def _verdict(m, paper, claim) -> dict:
+    """The rule, fixed before the grid ran: reproduced if the 95% interval holds the paper's figure
+    and excludes 0; not reproduced if it excludes the paper's figure; else (or with no task where
+    natural clears its margin) inconclusive."""
+    lo, hi = (m or {}).get("pct_ci") or (None, None)
+    v = "inconclusive" if lo is None else "reproduced" if lo <= paper <= hi and lo > 0 else \
         "not reproduced" if not lo <= paper <= hi else "inconclusive"
-    why = dict(reproduced="the interval holds the paper's figure and excludes 0",
-               inconclusive="the interval holds both the paper's figure and 0")
-    return dict(claim=what, paper=paper, ours=m["pct"], ci=[lo, hi], verdict=v, tasks=m[
-        "pct_tasks"], why=why.get(v, "the interval excludes the paper's figure"))
+    why = "no task where natural beats random by 3 seed stds" if lo is None else dict(
+        reproduced="the interval holds the paper's figure and excludes 0", inconclusive="the "
+        "interval holds both 0 and the paper's figure").get(v, "it excludes the paper's figure")
+    return dict(claim=claim, paper=paper, ours=m and m["pct"], ci=[lo, hi], verdict=v, why=why)
 
-def _verdicts(methods, margins, sweep) -> list:
-    stats = [m for k, m in methods.items() if k.startswith("stats-") and m["pct"] is not None]
-    best = max(stats, key=lambda m: m["pct"], default=None)
+def _verdicts(methods, sweep) -> list:
+    best = max([m for k, m in methods.items() if k.startswith("stats-") and m["pct"] is not None],
+               key=lambda m: m["pct"], default=None)
     out = [_verdict(methods.get("lime"), PAPER["lime"], "LIME keeps ~67% of the benefit"),
            _verdict(methods.get("set"), PAPER["set"], "Set keeps ~65% of the benefit"),
-           _verdict(best, PAPER["stats"], "Parameter statistics alone keep ~39% (best scheme" +
-                    (f": {best['label']})" if best else ")"))]
+           _verdict(best, PAPER["stats"], "Parameter statistics alone keep ~39% (best scheme"
+                    + (f": {best['label']})" if best else ")"))]
     if "set" in sweep.get("rank_ci", {}):  # near the top: rank <= 4 of 18, the top quarter
-        lo, hi = sweep["rank_ci"]["set"]
+        (lo, hi), n = sweep["rank_ci"]["set"], len(sweep["order"])
         v = "reproduced" if hi <= 4 else "not reproduced" if lo > 4 else "inconclusive"
-        out.append(dict(claim=f"Set ranks near the top of the {len(sweep['order'])} simple tasks"
-                        " (top quarter: rank <= 4)", paper=None, ours=sweep["order"].index("set")
-                        + 1, ci=[lo, hi], verdict=v, why="95% bootstrap interval of Set's rank"))
+        out.append(dict(claim=f"Set ranks near the top of the {n} simple tasks (rank <= 4)",
+                        paper=None, ours=sweep["order"].index("set") + 1, ci=[lo, hi], verdict=v,
+                        why="the 95% bootstrap interval of Set's rank"))
     return out
 
 # ----------------------------------------------------------------------------- the reports
 def _f(x, nd=1):  # a table number; a dash for "not run (yet)"; never "-0"
     return "–" if x is None else f"{x:.{nd}f}".lstrip("-") if round(x, nd) == 0 else f"{x:.{nd}f}"
 
-def _pct(m):  # "67% [52, 80]"
-    lo, hi = m.get("pct_ci") or (None, None)
-    return "–" if m.get("pct") is None else f"{_f(m['pct'], 0)}% [{_f(lo, 0)}, {_f(hi, 0)}]"
+def _pct(c):  # "67% [52, 80]"
+    lo, hi = c.get("pct_ci") or (None, None)
+    return "–" if c.get("pct") is None else f"{_f(c['pct'], 0)}% [{_f(lo, 0)}, {_f(hi, 0)}]"
 
 def _md(header, rows):
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -450,66 +420,60 @@ TITLES = dict(table1="Table 1: pre-training sources (Experiment 1)",
               sweep="Experiment 2: the 18 simple tasks as pre-training sources, ranked",
               table2="Table 2: a fresh model drawn from a checkpoint's parameter statistics",
               table3="Table 3: constant pre-attention layer norm scale")
-INTRO = ("Score: each task's main metric on the test split (exact match; ROUGE-1 for CNNDM) at "
-         "the step of best validation token accuracy, mean ± std over {} seeds. % of benefit = "
-         "100 (method - random) / (natural - random), averaged over the tasks where natural beats "
-         "random by at least 3 pooled seed stds; [95% interval] over {} bootstrap resamples of "
-         "the seeds. Pre-train: the source's held-out token accuracy / exact match / token "
-         "accuracy of the best constant output (the bar for having learned anything).")
+INTRO = ("Measure: {}, mean ± std over up to {} seeds. % of "
+         "benefit = 100 (method - random) / (natural - random), averaged over the tasks where "
+         "natural beats random by at least 3 pooled seed stds; [95% interval] over {} bootstrap "
+         "resamples of the seeds. Pre-train: the source's held-out token accuracy / exact match / "
+         "token accuracy of the best constant output (the bar for having learned anything).")
 
 def render_part(s, part) -> str:
     tasks = s["tasks"] if part == "table1" else s["tasks"][:1]
     keys = [k for k, m in s["methods"].items() if part in m["parts"]]
-    if part == "sweep":
-        keys = ["random", "natural", *s["sweep"].get("order", [])]
-    row = lambda k, m: [m["label"], " / ".join(_f(x and 100 * x) for x in m["pretrain"]) if  # noqa
-                        m["source"] else "–", *[_f(c["mean"]) + f" ± {c['std']:.1f}" * (
-                        c["n"] > 1) if (c := m["per_task"].get(t)) else "–" for t in tasks],
-                        _pct(m), f"{PAPER[k]:.0f}%" if k in PAPER else ""]
+    keys = ["random", "natural", *s["sweep"]["order"]] if part == "sweep" else keys
+    ms = [s["methods"][k] for k in keys if k in s["methods"]]
+    cell = lambda m, t: "–" if (c := m["per_task"].get(t)) is None else _f(c["mean"]) + (  # noqa
+        f" ± {c['std']:.1f}" if c["n"] > 1 else "")
+    pre = lambda m: " / ".join(_f(x and 100 * x) for x in m["pretrain"]) if m["source"] else "–"
     n = max([c["n"] for m in s["methods"].values() for c in m["per_task"].values()] or [0])
-    text = [f"# {TITLES[part]}", "", INTRO.format(n, BOOTSTRAP), "",
-            _md(["method", "pre-train", *tasks, "% of benefit [95%]", "paper"],
-                [row(k, s["methods"][k]) for k in keys if k in s["methods"]])]
+    head = f"# {TITLES[part]}" if s["measure"] == "score" else "## The same on validation " \
+        "token accuracy (a secondary measure beside the paper's)"
+    text = [head, "", INTRO.format(MEASURES[s["measure"]][1], n, BOOTSTRAP), "", _md(
+        ["method", "pre-train", *tasks, "% of benefit [95%]", "paper"],
+        [[m["label"], pre(m), *[cell(m, t) for t in tasks], _pct(m),
+          f"{PAPER[k]:.0f}%" if k in PAPER else ""] for k, m in zip(keys, ms)])]
     if part == "sweep" and s["sweep"]:
         text += ["", "95% interval of each source's rank: " + ", ".join(
             f"{k} {lo}-{hi}" for k, (lo, hi) in s["sweep"]["rank_ci"].items())]
     if part == "table1":
-        pt = lambda m, t: f"{_f(c['pct'], 0)} [{_f(c['pct_ci'][0], 0)}, {_f(c['pct_ci'][1], 0)}]" \
-            if (c := m["per_task"].get(t)) and c.get("pct") is not None else "–"  # noqa: E731
-        text += ["", "Per task, % of benefit [95%] and validation token accuracy:", "", _md(
-            ["method", *tasks, *[f"{t} token acc" for t in tasks]],
-            [[m["label"], *[pt(m, t) for t in tasks], *[_f(m["per_task"][t]["token_acc"])
-              if t in m["per_task"] else "–" for t in tasks]] for m in
-             (s["methods"][k] for k in keys)])]
-    for t in tasks:
-        g, n_t = s["margins"].get(t), s["n_test"].get(t)
-        if g:
-            text.append(f"\n{t}: natural - random = {g['diff']:+.2f}, pooled seed std "
-                        f"{g['pooled_std']:.2f} ({'at least' if g['ok'] else 'BELOW'} the 3x "
-                        f"margin: {'used' if g['ok'] else 'left out of'} the % averages); "
-                        f"{n_t} test examples.")
-    text += [f"Failed/skipped: {e['id']}" for e in s["errors"]]
-    return "\n".join(text).rstrip() + "\n"
+        text += ["", "% of benefit [95%] per task:", "", _md(["method", *tasks], [
+            [m["label"], *[_pct(m["per_task"].get(t, {})) for t in tasks]] for m in ms])]
+    for t in (t for t in tasks if t in s["margins"]):
+        g = s["margins"][t]
+        text.append(f"\n{t}: natural - random = {g['diff']:+.2f}, pooled seed std "
+                    f"{g['pooled_std']:.2f}: {'at least' if g['ok'] else 'BELOW'} the 3x margin, "
+                    f"{'used in' if g['ok'] else 'left out of'} the % averages; "
+                    f"{s['n_test'].get(t)} test examples." * (s["measure"] == "score"))
+    return "\n".join(text + [f"Failed/skipped: {e['id']}" for e in s["errors"]]) + "\n"
 
 def render_verdicts(s) -> str:
-    rows = [[v["claim"], "" if v["paper"] is None else f"{v['paper']:.0f}%",
-             ("–" if v["ours"] is None else f"{v['ours']:.0f}%" if v["paper"] is not None else
-              f"rank {v['ours']}") + f" [{_f(v['ci'][0], 0)}, {_f(v['ci'][1], 0)}]",
-             f"**{v['verdict']}**: {v['why']}"] for v in s["verdicts"]]
-    return "\n".join(["# Verdicts", "", _md(["claim", "paper", "ours [95%]", "verdict"], rows),
-                      "", "Code: " + ", ".join(s["commits"])]) + "\n"
+    ours = lambda v: ("–" if v["ours"] is None else f"{v['ours']:.0f}%" if v["paper"] else  # noqa
+                      f"rank {v['ours']}") + f" [{_f(v['ci'][0], 0)}, {_f(v['ci'][1], 0)}]"
+    return "\n".join([f"## On {MEASURES[s['measure']][0]}", "", _md(["claim", "paper", "ours [95%]",
+                                                               "verdict"], [[
+        v["claim"], f"{v['paper']:.0f}%" if v["paper"] else "", ours(v), f"**{v['verdict']}**: "
+        f"{v['why']}"] for v in s["verdicts"]]), "", "Code: " + ", ".join(s["commits"])]) + "\n"
 
 def render_svg(title, rows, note) -> str:
     """A horizontal bar chart that cannot clip or overlap: a label column sized to the longest
     label, the bars with their 95% whiskers, then the numbers in a column of their own. rows:
     (label, value, [lo, hi], paper value or None, colour); black ticks mark the paper."""
-    W, lw, vw, h = 360, 12 + 7 * max([len(r[0]) for r in rows] + [10]), 120, 22
+    W, lw, h = 360, 12 + 7 * max([len(r[0]) for r in rows] + [10]), 22
     vals = [x for r in rows for x in (r[1], *r[2]) if x is not None]
-    lo, hi = min([0.0] + vals), max([100.0] + vals)
+    lo, hi, end = min([0.0] + vals), max([100.0] + vals), 50 + h * len(rows)
     x = lambda v: lw + 10 + (v - lo) / (hi - lo) * W  # noqa: E731
-    end = 50 + h * len(rows)
-    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{lw + W + vw + 30}" height="{end + 40}"'
-         ' font-family="DejaVu Sans, Arial, sans-serif" font-size="12">',
+    width = max(lw + W + 150, 20 + 7.5 * len(title), 20 + 7 * len(note))  # 7-7.5 px a character
+    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{end + 40}" '
+         'font-family="DejaVu Sans, Arial, sans-serif" font-size="12">',
          '<rect width="100%" height="100%" fill="white"/>',
          f'<text x="10" y="20" font-weight="bold">{escape(title)}</text>']
     s += [f'<line x1="{x(v):.1f}" y1="38" x2="{x(v):.1f}" y2="{end}" stroke="#999" '
@@ -529,29 +493,29 @@ def render_svg(title, rows, note) -> str:
                      ' stroke="black" stroke-width="3"/>')
         num = "–" if v is None else f"{v:.0f}%" + (f" [{a:.0f}, {b:.0f}]" if a is not None else "")
         s.append(f'<text x="{lw + W + 20}" y="{y + 15}">{num}</text>')
-    s.append(f'<text x="10" y="{end + 25}">{escape(note)}</text></svg>')
-    return "\n".join(s) + "\n"
+    return "\n".join(s + [f'<text x="10" y="{end + 25}">{escape(note)}</text></svg>']) + "\n"
 
-def render_all(s) -> dict:
-    """{file name: text} of every report."""
-    m, colors = s["methods"], dict(table1="#4c72b0", sweep="#4c72b0", table2="#dd8452",
-                                   table3="#55a868")
-    bar = lambda k: (m[k]["label"], m[k]["pct"], m[k]["pct_ci"], PAPER.get(k),  # noqa: E731
-                     "#888" if k in ("random", "natural") else colors[m[k]["parts"][0]])
-    best = lambda p: max([k for k in m if p in m[k]["parts"] and k not in ("random", "natural")  # noqa
-                          and m[k]["pct"] is not None], key=lambda k: m[k]["pct"], default=None)
-    main = [k for k in m if "table1" in m[k]["parts"]] + [b for b in (best("table2"), best(
-        "table3")) if b]
-    out = {f"{p}.md": render_part(s, p) for p in PARTS if any(p in x["parts"] for x in m.values())}
-    out["verdict.md"] = render_verdicts(s)
-    note = "whiskers: 95% bootstrap interval over seeds; black ticks: the paper's six-task figures"
-    ts = s["tasks"] or ["-"]
-    out["benefit.svg"] = render_svg(f"% of natural pre-training's benefit (mean over {len(ts)} "
-                                    f"tasks; Table 2/3: best row, on {ts[0]})",
-                                    [bar(k) for k in main], note)
-    if s["sweep"]:
-        out["sweep.svg"] = render_svg(f"Experiment 2: % of benefit on {s['sweep']['task']}, "
-                                      "ranked", [bar(k) for k in s["sweep"]["order"]], note)
+def render_all(summaries) -> dict:
+    """{file name: text} of every report, from the summaries of the two MEASURES."""
+    out, note = {"verdict.md": "# Verdicts\n"}, ("whiskers: 95% bootstrap interval over seeds; "
+                                                  "black ticks: the paper's six-task figures")
+    for s in summaries:
+        m, ts, tag = s["methods"], s["tasks"] or ["-"], "" if s["measure"] == "score" else "_acc"
+        color = dict(table1="#4c72b0", sweep="#4c72b0", table2="#dd8452", table3="#55a868")
+        bar = lambda k: (m[k]["label"], m[k]["pct"], m[k]["pct_ci"], PAPER.get(k),  # noqa: E731
+                         "#888" if k in ("random", "natural") else color[m[k]["parts"][0]])
+        best = [max([k for k in m if p in m[k]["parts"] and m[k]["pct"] is not None and k not in (
+            "random", "natural")], key=lambda k: m[k]["pct"], default=None) for p in PARTS[2:]]
+        for p in (p for p in PARTS if any(p in x["parts"] for x in m.values())):
+            out[f"{p}.md"] = out.get(f"{p}.md", "") + "\n" * bool(tag) + render_part(s, p)
+        out["verdict.md"] += "\n" + render_verdicts(s)
+        what = f"% of natural pre-training's benefit on {MEASURES[s['measure']][0]}"
+        out[f"benefit{tag}.svg"] = render_svg(
+            f"{what}: mean over {', '.join(ts)} (tasks with the margin); Tables 2-3: best row",
+            [bar(k) for k in m if "table1" in m[k]["parts"]] + [bar(k) for k in best if k], note)
+        if s["sweep"]:
+            out[f"sweep{tag}.svg"] = render_svg(f"Experiment 2, ranked: {what}, on {ts[0]}",
+                                                [bar(k) for k in s["sweep"]["order"]], note)
     return out
 
 def main(argv):
@@ -565,7 +529,7 @@ def main(argv):
     if cfg.report_only:  # the reports again from results.json alone: no cell folder is read
         if not os.path.exists(path := os.path.join(cfg.out, "results.json")):
             raise config.UserError(f"--report_only: {path} does not exist (run the grid first)")
-        summary = summarize(json.loads(Path(path).read_text())["records"])
+        records = json.loads(Path(path).read_text())["records"]
     else:
         check_inputs(cfg)  # before any cell, not once per failing cell
         if d["tokenizer"]:  # made once here, not by two cells racing to train it
@@ -576,14 +540,14 @@ def main(argv):
         threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
         records = run_cells(cells, lambda c, log: subprocess_runner(c, log, threads),
                             os.path.join(cfg.out, "run.log"), cfg.jobs)
-        summary = summarize(records)
+    summaries = [summarize(records, measure) for measure in MEASURES]
+    if not cfg.report_only:
         config.write_json(os.path.join(cfg.out, "results.json"), dict(
-            design=d, args=asdict(cfg), summary=summary, records=records))
-    for name, text in render_all(summary).items():
+            design=d, args=asdict(cfg), summaries=summaries, records=records))
+    for name, text in render_all(summaries).items():
         config.atomic_write(os.path.join(cfg.out, name), text)
-    print(render_verdicts(summary))
-    print(f"wrote the reports{'' if cfg.report_only else ' and results.json'} to {cfg.out}")
-    return 1 if summary["errors"] else 0
+    print(render_all(summaries)["verdict.md"] + f"wrote the reports to {cfg.out}")
+    return 1 if summaries[0]["errors"] else 0
 
 if __name__ == "__main__":
     config.main(lambda argv: sys.exit(main(argv)))

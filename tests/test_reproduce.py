@@ -65,26 +65,29 @@ def data_dir(tmp_path, *names):  # a data folder holding the given task folders
 
 
 def test_the_cpu_grid():
+    d = R.DESIGN["cpu"]
     cells = R.build_cells(R.get_config(["--out=o", "--data_dir=D"]))
     ids = [c.id for c in cells]
-    assert len(ids) == len(set(ids)) == 171       # a cell two parts share is listed once
+    n_ft = 7 * 3 * 3 + 16 * 2 + 4 * 3 * 3 + 6 * 3   # Table 1, sweep, Table 2, Table 3
+    assert len(ids) == len(set(ids)) == 22 + n_ft    # a cell two parts share is listed once
     assert sum(c.kind == "pretrain" for c in cells) == 22 == 3 + 18 + 1
     assert ids[0] == "pt-natural"                  # the longest cell starts first
     t1 = [c for c in cells if "table1" in c.meta.get("parts", [])]
-    assert len(t1) == 7 * 3 * 3                    # rows x tasks x seeds
-    set_s0 = next(c for c in cells if c.id == "ft-set-mtop-s0")
-    assert set_s0.meta["parts"] == ["table1", "sweep"]
+    assert len(t1) == 7 * len(d["tasks"]) * d["seeds"]   # rows x tasks x seeds
+    first = d["tasks"][0]
+    assert next(c for c in cells if c.id == f"ft-set-{first}-s0").meta["parts"] == ["table1",
+                                                                                   "sweep"]
     sweep = {c.meta["source"] for c in cells if c.meta.get("parts") == ["sweep"]}
     assert sweep == set(SIMPLE) - {"set", "identity"}   # theirs come from Table 1
-    assert sum("table2" in c.meta.get("parts", []) and c.meta["method"].startswith("stats-")
-               for c in cells) == 4 * 3 * 3
-    tok = f"--tokenizer={R.DESIGN['cpu']['tokenizer']['path']}"   # one for all: checkpoints fit
+    tok = f"--tokenizer={d['tokenizer']['path']}"   # one for all: checkpoints fit
     assert all(c.cmd.count(tok) == 1 for c in cells)
     steps = {c.id: [a for a in c.cmd if a.startswith("--max_steps")] for c in cells}
-    assert steps["pt-natural"] == ["--max_steps=10000"] and steps["pt-set"] == ["--max_steps=1000"]
+    assert steps["pt-natural"] == [f"--max_steps={d['natural_steps']}"]
+    assert steps["pt-set"] == [f"--max_steps={d['pretrain_steps']}"]
     assert not any(v for k, v in steps.items() if k.startswith("ft-"))  # finetune.py's recipe
-    ft = next(c for c in cells if c.id == "ft-lime-retrosynthesis-s1")
-    assert ft.cmd == ["python", "finetune.py", "--task=retrosynthesis",
+    last = d["tasks"][-1]
+    ft = next(c for c in cells if c.id == f"ft-lime-{last}-s1")
+    assert ft.cmd == ["python", "finetune.py", f"--task={last}",
                       f"--init={os.path.join('o', 'runs', 'pt-lime', 'ckpt_best.pt')}",
                       f"--out_dir={os.path.join('o', 'runs', ft.id)}", "--seed=1",
                       "--preset=cpu", "--data_dir=D", tok]
@@ -272,7 +275,7 @@ def test_bad_settings_are_user_errors_naming_the_key(tmp_path, flag, match):
 def test_defaults_come_from_the_design_and_help_works(capsys):
     cpu, paper = R.get_config([]), R.get_config(["--scale=paper", "--seeds=3"])
     assert (cpu.tasks, cpu.seeds, cpu.sweep_seeds, cpu.jobs, cpu.out) == (
-        "mtop,webqsp,retrosynthesis", 3, 2, 2, "results/cpu")
+        ",".join(R.DESIGN["cpu"]["tasks"]), 3, 2, 2, "results/cpu")
     assert cpu.ln_values == "0.05,0.1,0.2,0.4,0.6,0.8"
     assert paper.tasks == ",".join(R.DOWNSTREAM) and paper.seeds == 3 and paper.jobs == 1
     with pytest.raises(SystemExit):
@@ -382,13 +385,17 @@ def test_sweep_ranking_and_rank_intervals():
     assert s["sweep"]["rank_ci"]["sort"][0] >= 2
     v = s["verdicts"][-1]
     assert v["claim"].startswith("Set ranks near the top") and v["verdict"] == "reproduced"
-    assert "sweep.md" in R.render_all(s) and "sweep.svg" in R.render_all(s)
+    assert "sweep.md" in R.render_all([s]) and "sweep.svg" in R.render_all([s])
 
 
 def test_reports_hold_rows_numbers_and_verdicts():
-    s = R.summarize(toy_records())
-    out = R.render_all(s)
-    assert {"table1.md", "table3.md", "verdict.md", "benefit.svg"} <= set(out)
+    s, acc = R.summarize(toy_records()), R.summarize(toy_records(), "token_acc")
+    assert acc["methods"]["lime"]["per_task"]["mtop"]["mean"] == pytest.approx(20)  # x100 of .2
+    out = R.render_all([s, acc])
+    assert {"table1.md", "table3.md", "verdict.md", "benefit.svg", "benefit_acc.svg"} <= set(out)
+    assert "## The same on validation token accuracy" in out["table1.md"]
+    assert "## On the paper's metric" in out["verdict.md"]
+    assert "## On validation token accuracy" in out["verdict.md"]
     lime_row = next(line for line in out["table1.md"].splitlines() if line.startswith("| LIME |"))
     for expected in ["97.5 / 50.0 / 25.0", "20.0 ± 2.8", "50.0", "45% [", "67%"]:
         assert expected in lime_row, (expected, lime_row)
@@ -401,7 +408,8 @@ def test_reports_hold_rows_numbers_and_verdicts():
 def test_chart_labels_never_clip_and_numbers_never_overlap():
     rows = [("A very long label for one method (from Identity)", 45.0, [10.0, 80.0], 67.0, "#4c72b0"),
             ("Short", -150.0, [-200.0, -90.0], None, "#888"), ("n/a", None, [None, None], None, "#888")]
-    root = ET.fromstring(R.render_svg("title", rows, "note"))
+    title = "A long title, longer than the plot: " + "x" * 100
+    root = ET.fromstring(R.render_svg(title, rows, "note"))
     ns = "{http://www.w3.org/2000/svg}"
     texts = list(root.iter(f"{ns}text"))
     width = float(root.get("width"))
@@ -427,7 +435,8 @@ def test_main_end_to_end_with_fake_runner(tmp_path, monkeypatch):
     tok = R.DESIGN["cpu"]["tokenizer"]
     assert made == [((data, tok["size"], tok["path"]), {"natural_only": True}, 0)]
     assert runner.threads == {max(1, os.cpu_count() // R.DESIGN["cpu"]["jobs"])}
-    names = ["table1.md", "table2.md", "table3.md", "verdict.md", "benefit.svg"]
+    names = ["table1.md", "table2.md", "table3.md", "verdict.md", "benefit.svg",
+             "benefit_acc.svg"]
     for name in names + ["results.json", "run.log"]:
         assert (out / name).exists(), name
     results = json.loads((out / "results.json").read_text())
