@@ -23,8 +23,7 @@ import config
 from model import PRESETS as MODEL_PRESETS, T5, get_config
 from tasks import TASKS, TaskStream, collate, get_task
 from tokenizer import Vocab, load_tokenizer
-from train import TrainConfig, check_train_config, evaluate, ids_to_str, micro_batch, parse_run
-from train import train
+from train import TrainConfig, check_train_config, evaluate, micro_batch, parse_run, train
 
 @dataclass
 class PretrainConfig(TrainConfig):
@@ -131,7 +130,7 @@ def main(argv):
     t0, data = time.time(), TaskData(task, cfg.seed, cfg.src_len, cfg.tgt_len, cfg.workers)
     with closing(data):                                    # however train() ends: stop the workers
         out = train(cfg, model, data, lambda m, step: evaluate(
-            m, val, max_new_tokens=cfg.tgt_len, decode=tok.decode if tok else ids_to_str),
+            m, val, max_new_tokens=cfg.tgt_len, decode=tok.decode if tok else None),
             resume=resume, log_extra=dict(task=cfg.task))
     if out["rank"] == 0:
         m, base = out["metrics"], baselines(held_out, vocab)

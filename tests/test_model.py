@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from train import estimate_mfu  # noqa: E402
 from model import (T5, PRESETS, Attention, get_config, hf_names, init_weights,  # noqa: E402
                    load_safetensors, relative_position_bucket, save_safetensors, shift_right)
 
@@ -461,7 +460,6 @@ def test_config_presets_and_counts():
             v11.tie_word_embeddings) == (8, 6, 1024, "gated-gelu", False)
     tied, untied = tiny(), tiny(tie_word_embeddings=False)  # a tied lm_head is counted once
     assert untied.num_params() - tied.num_params() == tied.config.vocab_size * tied.config.d_model
-    assert estimate_mfu(100.0, 1e6, 1e9) == pytest.approx(0.3)
 
 
 @pytest.mark.parametrize("version", [V10, V11])
@@ -516,25 +514,6 @@ def test_dropout_is_on_in_train_mode_only():
     assert not torch.allclose(a, plain(src, labels=tgt)[0], atol=1e-2)
     assert torch.equal(model.eval()(src, labels=tgt)[0], plain(src, labels=tgt)[0])
 
-
-def test_matmul_peak_is_a_rate_and_leaves_the_rng_alone():
-    from train import matmul_peak
-    torch.manual_seed(0)
-    expect = torch.rand(3)
-    torch.manual_seed(0)
-    peak = matmul_peak(torch.float32, n=64, reps=3)
-    assert math.isfinite(peak) and peak > 1e6  # FLOP/s: any CPU does 64^3 matmuls at > 1 MFLOP/s
-    assert torch.equal(torch.rand(3), expect)
-
-
-def test_datasheet_peak_by_card_name(monkeypatch):
-    from train import datasheet_peak
-    assert datasheet_peak("cpu") is None and datasheet_peak("cpu", torch.float32) is None
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
-    assert datasheet_peak("cuda") == 989e12  # dense bf16
-    assert datasheet_peak("cuda:0", torch.float32) == 989e12 / 2  # float32 runs as TF32
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GTX 1080")
-    assert datasheet_peak("cuda") is None  # unknown card: callers measure a peak instead
 
 def test_safetensors_writer_refuses_an_unsupported_dtype(tmp_path):
     path = tmp_path / "x.safetensors"
