@@ -24,8 +24,7 @@ from tokenizer import Vocab, load_tokenizer
 
 EOS, T5_SIZE, LIME_MODES = Vocab.eos_id, 32100, ("induct", "deduct", "abduct")
 
-def content_ids(vocab, n_task_tokens=None):
-    """Random content ids: unk=2 .. n-101 (T5: 2..31999), the first n_task_tokens of them if set."""
+def content_ids(vocab, n_task_tokens=None):  # unk=2..n-101 (T5: ..31999), the first n if set
     ids = list(range(vocab.unk_id, vocab.size - vocab.num_sentinels))
     if n_task_tokens is not None and not 1 <= n_task_tokens <= len(ids):
         raise config.UserError(f"--n_task_tokens={n_task_tokens} is not in 1..{len(ids)}")
@@ -68,8 +67,7 @@ class Gen:
     def runs(self, rng, n, types):  # types[j] repeated part_j times
         return [t for t, m in zip(types, self.partition(rng, n, len(types))) for _ in range(m)]
 
-    def query(self, rng, p_neg):
-        """(a, q): q planted r >= 1 times in a, or with p_neg absent (resampled, as the original)"""
+    def query(self, rng, p_neg):  # (a, q): q planted r >= 1 times in a, or with p_neg absent
         if rng.random() <= p_neg:
             if rng.random() < 0.01:  # 1%: a query longer than the sequence
                 q = self.rand(rng, qlen := rng.randint(min(self.lo + 1, self.hi), self.hi))
@@ -134,7 +132,7 @@ class Gen:
         b = self.rand(rng, olen)  # the order; it may repeat tokens
         a = self.runs(rng, rng.randint(olen, self.hi - 1 - olen), rng.choices(b, k=olen))
         rng.shuffle(a)
-        return a, b, sorted(a, key={t: i for i, t in enumerate(b)}.__getitem__)  # the last index
+        return a, b, sorted(a, key={t: i for i, t in enumerate(b)}.__getitem__)  # last index wins
 
     def replace(self, rng):  # [5, 9, 5, 7], b=[5, 8] (key 5 -> value 8) -> [8, 9, 8, 7]
         a = self.rand(rng, rng.randint(self.lo - 3, self.hi - 3))  # room for sep, key, value
@@ -212,26 +210,6 @@ _L = "abcdefghijklmnopqrstuvwxyz"  # A.1: word i spells i in base 26, least sign
 NONSENSE_WORDS = [_L[i % 26] + _L[i // 26 % 26] + _L[i // 676 % 26] for i in range(5000)]
 _KEY10, _J5 = [f"keyword_{i}" for i in range(10)], [f"join_{i}" for i in range(5)]
 _CLS9, _NUM100 = [f"class_{i // 3}_kw_{i % 3}" for i in range(9)], [str(i) for i in range(100)]
-_T_SPECS = [  # (task id, name, keyword bases) of the 16 transformations, in Appendix A.5's order
-    ("d3", "CopyKeywordOneSentence", _KEY10), ("d4", "CopyKeywordMultipleSentences", _KEY10),
-    ("d5", "CopyKeywordMultipleSentencesShuffled", _KEY10),
-    ("d6", "CopyKeywordMultipleSentencesSorted", _KEY10),
-    ("d7", "CopyQuoted", ["begin_quote", "end_quote"]), ("d8", "CopyBulleted", ["bullet"]),
-    ("d10", "ClassifyKeyword", _KEY10), ("d11", "ReplaceClassKeyword", _CLS9),
-    ("d12", "MajorityKeyword", ["keyword_1", "keyword_2"]), ("d13", "TopicSegregation", _CLS9),
-    ("d14", "ThresholdNumber", _NUM100), ("d16", "LargestNumber", _NUM100),
-    ("d18", "ParaphraseWords", [f"src_{i}" for i in range(20)]
-     + [f"target_{i}_{j}" for i in range(20) for j in range(3)]),
-    ("d19", "JoinClauses", _J5), ("d20", "BreakClauses", _J5), ("d21", "TruncateSentence", _KEY10)]
-# Every word a task can emit, in a fixed order (a word's id without a tokenizer); the simple
-# tasks' words first, so that they stay collision-free even in small vocabularies.
-WORDS = list(dict.fromkeys(
-    [p for _, p, _ in SIMPLE.values()] + ["yes", "no"] + _NUM100 + ["."]
-    + ("the keyword was positive negative occurred more number of times section above or equal to "
-       "threshold below largest is combined sentence").split()
-    + [_kw(t, b) for t, _, bases in _T_SPECS for b in bases]
-    + [_kw(t, f"class_{c}") for t in ("d11", "d13") for c in range(3)] + NONSENSE_WORDS))
-_WORD_INDEX = {w: i for i, w in enumerate(WORDS)}
 
 def _pick(lines, m, rng):  # A.4's pick_lines(m): m distinct lines, ascending
     return sorted(rng.sample(range(len(lines)), m))
@@ -315,7 +293,26 @@ class Transform:
             return [J(w[:q] + ["."]), J(w[:p] + w[q:-1] + ["."])]
         return [J(w[:w.index(kw)] + ["."])]  # d21: the tokens before the keyword
 
-TRANSFORMS = [Transform(*spec) for spec in _T_SPECS]
+TRANSFORMS = [Transform(*spec) for spec in [  # (id, name, keyword bases): A.5's 16, in order
+    ("d3", "CopyKeywordOneSentence", _KEY10), ("d4", "CopyKeywordMultipleSentences", _KEY10),
+    ("d5", "CopyKeywordMultipleSentencesShuffled", _KEY10),
+    ("d6", "CopyKeywordMultipleSentencesSorted", _KEY10),
+    ("d7", "CopyQuoted", ["begin_quote", "end_quote"]), ("d8", "CopyBulleted", ["bullet"]),
+    ("d10", "ClassifyKeyword", _KEY10), ("d11", "ReplaceClassKeyword", _CLS9),
+    ("d12", "MajorityKeyword", ["keyword_1", "keyword_2"]), ("d13", "TopicSegregation", _CLS9),
+    ("d14", "ThresholdNumber", _NUM100), ("d16", "LargestNumber", _NUM100),
+    ("d18", "ParaphraseWords", [f"src_{i}" for i in range(20)]
+     + [f"target_{i}_{j}" for i in range(20) for j in range(3)]),
+    ("d19", "JoinClauses", _J5), ("d20", "BreakClauses", _J5), ("d21", "TruncateSentence", _KEY10)]]
+# Every word a task can emit, in a fixed order (a word's id without a tokenizer); the simple
+# tasks' words first, so that they stay collision-free even in small vocabularies.
+WORDS = list(dict.fromkeys(
+    [p for _, p, _ in SIMPLE.values()] + ["yes", "no"] + _NUM100 + ["."]
+    + ("the keyword was positive negative occurred more number of times section above or equal to "
+       "threshold below largest is combined sentence").split()
+    + [k for t in TRANSFORMS for k in t.keywords]
+    + [_kw(t, f"class_{c}") for t in ("d11", "d13") for c in range(3)] + NONSENSE_WORDS))
+_WORD_INDEX = {w: i for i, w in enumerate(WORDS)}
 
 def nonsense_document(rng):
     """One document (A.2, A.5): 7..13 lines of 5..15 words + ".", an ordered triple of distinct
@@ -356,8 +353,7 @@ def span_tokens_length(inputs_length):
         return t - n_noise + n_spans + 1
     return next(t for t in itertools.count(inputs_length) if inputs_len(t) > inputs_length) - 1
 
-# Sentence lengths 0..60 of Ri & Tsuruoka's empirical Wikipedia-en fit (their
-# empirical_distribution_sampler.libsonnet): the count at index L weighs length L.
+# Weights of sentence lengths 0..60: Ri & Tsuruoka's Wikipedia fit (empirical_distribution_sampler)
 _LEN_CUM = list(itertools.accumulate([0] * 6 + [
     303, 303, 342, 308, 275, 310, 337, 356, 340, 309, 321, 358, 319, 331, 343, 310, 310, 350, 284,
     284, 307, 252, 246, 255, 209, 207, 177, 168, 165, 128, 149, 133, 109, 123, 102, 99, 81, 81, 73,
@@ -391,7 +387,6 @@ def natural_text(path, g, n_tokens):
         docs = [d.strip() for d in f.read().split("\n\n") if d.strip()]
     cum = list(itertools.accumulate(len(d) for d in docs))
     tokens = lru_cache(None)(lambda d: array("i", g.tok.encode(docs[d])))  # ~4 bytes per token
-
     def window(rng):
         d = bisect.bisect_right(cum, rng.randrange(cum[-1]))
         start = rng.randint(0, max(0, len(tokens(d)) - n_tokens))

@@ -30,7 +30,7 @@ class Vocab:
     def is_sentinel(self, i: int) -> bool:
         return self.size - self.num_sentinels <= i < self.size
 
-    def _content_ids(self, ids) -> list[int]:  # what decode shows of ids (torch's too) or labels
+    def _content_ids(self, ids) -> list[int]:  # what decode shows of ids, labels or a tensor
         ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
         if bad := [i for i in ids if i != -100 and not 0 <= i < self.model_vocab_size]:
             raise ValueError(f"token id {bad[0]} is outside 0..{self.model_vocab_size - 1}")
