@@ -67,7 +67,7 @@ class FinetuneConfig(TrainConfig):
     lr_schedule: str = "constant"  # the paper's
     z_loss: float = 1e-4           # T5X's fine-tuning default
     eval_batches: int = 16         # validation batches of batch_size for token accuracy
-    eval_at_start: bool = False    # also at step 0 (costly: an untrained model decodes to the max)
+    eval_at_start: bool = False    # also evaluate (token accuracy) at step 0
     log_interval: int = 50         # steps between log lines
     ckpt_interval: int = 200       # steps between ckpt_last.pt writes (a kill loses fewer)
     threads: int = 0               # CPU threads (torch.set_num_threads), 0 = torch's default
