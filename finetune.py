@@ -3,8 +3,8 @@
 It trains (train.py) from scratch, a pretrain.py checkpoint, a Hugging Face T5 or a stats_init.py
 init; the checkpoint of best validation token accuracy then beam-decodes the test split once (the
 paper's rule): out_dir/result.json. Data: <data_dir>/<task>/{train,validation,test}.jsonl
-({"source", "target"}; SQuAD adds "answers") or the released {train,valid,test}.txt (input<TAB>
-target), EOS appended, no task prefix (as the paper).
+({"source", "target"}; SQuAD adds "answers") or the released {train,valid,test}.txt
+(input<TAB>target), EOS appended, no task prefix (as the paper).
     python finetune.py --task=mtop --init=out/set/ckpt_best.pt  # or scratch, stats:<s>:<ckpt>, ...
     python finetune.py --preset=paper --task=squad --init=hf:t5-small --tokenizer=t5/tokenizer.json
     python finetune.py --init=resume --task=mtop  # continue out/mtop exactly; -h: every setting
