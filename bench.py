@@ -1,7 +1,6 @@
-"""bench.py: the training-step speed of model.py's T5 (tokens/s, MFU), optionally against HF's T5.
-
-The median forward + backward + AdamW step per precision of --modes (bf16: autocast), eager and
-compiled: target tokens/s, MFU (peak: a known GPU's datasheet, else a measured matmul, as train.py).
+"""bench.py: the training-step speed of model.py's T5, optionally against HF's T5: the median
+forward + backward + AdamW step per precision of --modes (bf16: autocast), eager and compiled, as
+target tokens/s and MFU (peak: a known GPU's datasheet, else a measured matmul, as in train.py).
     python bench.py --model=tiny --batch=4 --src_len=32 --tgt_len=32 --steps=2 --modes=bf16
     python bench.py --device=cuda --model=t5-small --batch=128 --src_len=512 --tgt_len=512
 Reading order: ..., reproduce.py, bench.py (here), data.py. Next: data.py.
@@ -14,7 +13,7 @@ import torch
 
 import config
 from model import T5, get_config, hf_names
-from train import TrainConfig, datasheet_peak, estimate_mfu, matmul_peak, setup_runtime
+from train import TrainConfig, peak_flops, setup_runtime
 
 MODES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # --modes: precision -> matmul dtype
 
@@ -74,21 +73,20 @@ def main(argv: list[str]) -> list[dict]:
     batch = dict(input_ids=src, attention_mask=torch.ones_like(src), labels=tgt)
     models = [model, hf_model(model)] if cfg.compare_hf else [model]
     fpt = model.flops_per_token(cfg.src_len, cfg.tgt_len)  # the encoder's work is inside it
-    peaks = {m: datasheet_peak(dev, MODES[m]) or matmul_peak(MODES[m], dev, 4096) for m in modes}
+    peaks = {m: peak_flops(dev, MODES[m]) for m in modes}
     print(f"{cfg.model}: {model.num_params() / 1e6:.1f}M params, {3 * fpt / 1e6:.0f} MFLOP per "
           "target token; peak TFLOP/s", {m: round(p / 1e12, 2) for m, p in peaks.items()})
     print("| model | mode | ms/step | target tok/s | MFU | HF / ours |\n|---|---|---|---|---|---|")
     rows = []
-    for mode, compiled in [(m, c) for m in modes for c in (False, True)[:1 + cfg.compile]]:
-        times = time_steps(models, batch, mode == "bf16", compiled, cfg.steps)
+    for mode, kind in [(m, k) for m in modes for k in ("eager", "compiled")[:1 + cfg.compile]]:
+        times = time_steps(models, batch, mode == "bf16", kind == "compiled", cfg.steps)
         for who, t in zip(("ours", "HF"), times):
-            sec, name = median_high(t), f"{who} {'compiled' if compiled else 'eager'}"
-            tok_s = cfg.batch * cfg.tgt_len / sec
+            tok_s = cfg.batch * cfg.tgt_len / (sec := median_high(t))
             ratio = median_high([b / a for a, b in zip(*times)]) if who == "HF" else None
-            rows.append(dict(model=name, mode=mode, sec=sec, tok_s=tok_s, hf_over_ours=ratio,
-                             mfu=estimate_mfu(tok_s, fpt, peaks[mode])))
-            print(f"| {name} | {mode} | {sec * 1e3:.0f} | {tok_s:.0f} | {rows[-1]['mfu']:.1%} | "
-                  f"{f'{ratio:.2f}' if ratio else ''} |")
+            rows.append(dict(model=f"{who} {kind}", mode=mode, sec=sec, tok_s=tok_s,
+                             hf_over_ours=ratio, mfu=tok_s * fpt * 3 / peaks[mode]))   # 3: fwd+bwd
+            print(f"| {who} {kind} | {mode} | {sec * 1e3:.0f} | {tok_s:.0f} | "
+                  f"{rows[-1]['mfu']:.1%} | {f'{ratio:.2f}' if ratio else ''} |")
     return rows
 
 if __name__ == "__main__":

@@ -31,18 +31,9 @@ def _convert(f, raw: str):
         raise UserError(f"--{f.name}={raw}: expected {f.type.__name__}, got {type(val).__name__}")
     return val
 
-def usage(cfg, doc: str = "") -> str:
-    """-h: the doc's first line, then each field, the value that would run and its `# comment`."""
-    comments = {k: c for klass in reversed(type(cfg).__mro__) if is_dataclass(klass) for k, c in
-                re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(klass), re.M)}
-    own = vars(type(cfg)).get("__annotations__", {})       # the script's own settings first
-    rows = [f"  {f'--{f.name}={getattr(cfg, f.name)!r}':<34} {comments.get(f.name, '')}"
-            for f in sorted(fields(cfg), key=lambda f: f.name not in own)]
-    return "\n".join([(doc.strip().splitlines() or [""])[0], "settings (--key=value):", *rows])
-
 def parse(cls, argv, presets=None, doc: str = ""):
-    """The dataclass `cls` from `--key=value` arguments (`-h`: print usage(), exit). presets(the
-    command line's settings) gives {field: value}, applied first, or raises UserError."""
+    """The dataclass `cls` from `--key=value` arguments, over the {field: value} of presets(the
+    command line's settings), which may raise UserError. -h: print each setting as it would run."""
     by_name, kv, wants_help = {f.name: f for f in fields(cls)}, {}, {"-h", "--help"} & set(argv)
     for a in (a for a in argv if a not in wants_help):
         k, eq, v = a.removeprefix("--").partition("=")
@@ -52,8 +43,12 @@ def parse(cls, argv, presets=None, doc: str = ""):
             raise UserError(f"unknown setting --{k}; valid settings: {', '.join(by_name)}")
         kv[k] = _convert(by_name[k], v)
     cfg = cls(**kv) if presets is None else cls(**{**presets(cls(**kv)), **kv})
-    if wants_help:
-        print(usage(cfg, doc))
+    if wants_help:        # the doc's first line, each setting and its `# comment`, own ones first
+        comments = {k: c for klass in reversed(cls.__mro__) if is_dataclass(klass) for k, c in
+                    re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(klass), re.M)}
+        rows = [f"  {f'--{f.name}={getattr(cfg, f.name)!r}':<34} {comments.get(f.name, '')}"
+                for f in sorted(by_name.values(), key=lambda f: f.name not in cls.__annotations__)]
+        print((doc.strip().splitlines() or [""])[0], "settings (--key=value):", *rows, sep="\n")
         sys.exit(0)
     return cfg
 

@@ -1,8 +1,7 @@
 """data.py: download the data the other scripts read and convert it to the layout they expect.
 
-The fine-tuning sets the paper's authors released (kept as they are), SQuAD v1.1, a C4 shard cut
-to --natural_mb of text, and opt-in the T5-small and T5 v1.1-small --init=hf:DIR folders. Downloads
-resume (a .part file, HTTP Range); MANIFEST.json records every file's size and sha256.
+The authors' fine-tuning sets as released, SQuAD v1.1, a C4 shard (--natural_mb of text), opt-in
+T5-small and v1.1-small (--init=hf:DIR); resumable downloads; MANIFEST.json: sizes and sha256s.
     python data.py              # all but the checkpoints into ./data; --tasks=squad,t5: only these
     python data.py --from_dir=~/dl --tasks=squad  # convert files you already have (same layout)
 Reading order: ..., reproduce.py, bench.py, data.py (here, the last file: a utility). Next: none.
@@ -26,8 +25,7 @@ SOURCES["squad"] = [(f"https://rajpurkar.github.io/SQuAD-explorer/dataset/{n}-v1
 SOURCES["natural_text"] = [(f"{HF}/datasets/allenai/c4/resolve/main/en/{n}.json.gz",
                             f"natural_text/{n}.json.gz")
                            for n in ("c4-train.00000-of-01024", "c4-validation.00000-of-00008")]
-# T5 v1.1 has no model.safetensors on the Hub's main branch: its pytorch_model.bin, which
-# model.py also reads. Both share T5's vocabulary: every run reads t5-small/tokenizer.json.
+# v1.1: no model.safetensors on the Hub's main branch; both use t5-small/tokenizer.json (T5's vocab)
 SOURCES["t5"] = [(f"{HF}/{repo}/resolve/main/{n}", f"{repo.split('/')[1]}/{n}") for repo, names in (
     ("google-t5/t5-small", ("config.json", "model.safetensors", "tokenizer.json")),
     ("google/t5-v1_1-small", ("config.json", "pytorch_model.bin"))) for n in names]
@@ -55,11 +53,9 @@ def download(url: str, path: str) -> None:
     except OSError as e:  # urllib's errors (HTTP ones too) are OSErrors
         if getattr(e, "code", None) == 416:  # the .part is past the file's end: start over
             os.remove(part)
-        raise UserError(f"downloading {url} failed ({e}): run again to resume, or get the file "
-                        f"yourself and pass --from_dir") from None
-    if total is not None and os.path.getsize(part) != total:
-        raise UserError(f"downloading {url} stopped at {os.path.getsize(part)} of {total} bytes: "
-                        "run again to resume")
+        raise UserError(f"download of {url} failed ({e}): run again or use --from_dir") from None
+    if total is not None and (got := os.path.getsize(part)) != total:
+        raise UserError(f"downloading {url} stopped at {got} of {total} bytes: run again to resume")
     os.replace(part, path)
 
 def squad_articles(path: str) -> list:
@@ -75,8 +71,7 @@ def convert_squad(cfg: DataConfig) -> list:
     (seed 0), train squad_train of the rest, test the official dev set (the paper reports on it)."""
     folder = os.path.join(cfg.out, "squad")
     train, dev = (squad_articles(f"{folder}/{n}-v1.1.json") for n in ("train", "dev"))
-    rng = random.Random(0)
-    held = set(rng.sample(range(len(train)), 12))
+    held = set((rng := random.Random(0)).sample(range(len(train)), 12))
     rest = [q for i, art in enumerate(train) if i not in held for q in art]
     splits = dict(train=rng.sample(rest, min(cfg.squad_train, len(rest))) if cfg.squad_train
                   else rest, validation=[q for i in sorted(held) for q in train[i]],
@@ -100,8 +95,6 @@ def convert_natural(cfg: DataConfig) -> list:
         config.atomic_write(f"{cfg.out}/natural_text/{split}.txt", "\n\n".join(docs) + "\n")
     return [f"natural_text/{split}.txt" for split in ("train", "validation")]
 
-CONVERT = {"squad": convert_squad, "natural_text": convert_natural}
-
 def main(argv) -> None:
     cfg = config.parse(DataConfig, argv, doc=__doc__)
     for t in (tasks := [t for t in cfg.tasks.split(",") if t]):
@@ -118,7 +111,8 @@ def main(argv) -> None:
             elif not cfg.from_dir and not os.path.exists(path):  # a partial one is still .part
                 download(url, path)
         try:
-            made = CONVERT[task](cfg) if task in CONVERT else []
+            made = (convert_squad(cfg) if task == "squad" else
+                    convert_natural(cfg) if task == "natural_text" else [])
         except (ValueError, KeyError, IndexError, TypeError, EOFError, gzip.BadGzipFile) as e:
             raise UserError(f"converting {task} failed ({type(e).__name__}: {e}): a file in "
                             f"{cfg.out}/{task}/ is damaged or not the original one") from None

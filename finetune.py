@@ -1,10 +1,10 @@
 """finetune.py: fine-tune a T5 on one of the paper's six downstream tasks, scored as the paper does.
 
-It starts from scratch, a pretrain.py checkpoint, a Hugging Face T5 or a stats_init.py init, trains
-with train.py's loop (evaluated by validation token accuracy), then the best evaluation's checkpoint
-beam-decodes the test split once: the score (the paper's rule). Data: <data_dir>/<task>/{train,
-validation,test}.jsonl ({"source", "target"}; SQuAD adds "answers") or the released {train,valid,
-test}.txt (input<TAB>target); EOS appended, no task prefix (as the paper). out_dir: result.json.
+It trains (train.py) from scratch, a pretrain.py checkpoint, a Hugging Face T5 or a stats_init.py
+init; the checkpoint of best validation token accuracy then beam-decodes the test split once (the
+paper's rule): out_dir/result.json. Data: <data_dir>/<task>/{train,validation,test}.jsonl
+({"source", "target"}; SQuAD adds "answers") or the released {train,valid,test}.txt
+(input<TAB>target), EOS appended, no task prefix (as the paper).
     python finetune.py --task=mtop --init=out/set/ckpt_best.pt  # or scratch, stats:<s>:<ckpt>, ...
     python finetune.py --preset=paper --task=squad --init=hf:t5-small --tokenizer=t5/tokenizer.json
     python finetune.py --init=resume --task=mtop  # continue out/mtop exactly; -h: every setting
@@ -17,7 +17,6 @@ import torch
 from tqdm import tqdm
 
 import config
-from config import UserError
 from metrics import compute_metrics
 from model import PRESETS as MODEL_PRESETS, T5, T5Config, get_config
 from stats_init import init_from_stats, load_source, parse_spec, preattn_ln_init
@@ -58,9 +57,8 @@ def recipe(preset: str, task: str) -> dict:
         own = dict(zip(PAPER, TASKS[task]["paper"]))
         return dict(own, model="t5-small", eval_batches=128, n_test=20_000 if cnndm else 5000,
                     lowercase=cnndm, micro_batch_size=32, ckpt_interval=own["eval_interval"])
-    # the tiny T5: one CPU model for pre-training and fine-tuning, so checkpoints fit. lr 0.01, not
-    # the paper's 1e-3/3e-3 (for 100k+ steps): in 800 steps 1e-3 reached 0.3% MTOP exact match, 0.01
-    # 8% by step 400. bucket: ~1.5x faster steps on MTOP. Decoding may reach the target length.
+    # the tiny T5, pre-training's CPU model. lr 0.01, not the paper's 1e-3/3e-3 (100k+ steps): 1e-3
+    # got 0.3% MTOP EM in 800 steps, 0.01 8% by 400. bucket: ~1.5x faster steps; decode to tgt_len.
     return {**dict(model="tiny", lr=0.01, max_steps=800, eval_interval=400, n_test=300, bucket=50,
                    lowercase=cnndm, max_decode=own["tgt_len"]), **own}
 
@@ -69,7 +67,7 @@ class FinetuneConfig(TrainConfig):
     lr_schedule: str = "constant"  # the paper's
     z_loss: float = 1e-4           # T5X's fine-tuning default
     eval_batches: int = 16         # validation batches of batch_size for token accuracy
-    eval_at_start: bool = False    # also at step 0 (costly: an untrained model decodes to the max)
+    eval_at_start: bool = False    # also evaluate (token accuracy) at step 0
     log_interval: int = 50         # steps between log lines
     ckpt_interval: int = 200       # steps between ckpt_last.pt writes (a kill loses fewer)
     threads: int = 0               # CPU threads (torch.set_num_threads), 0 = torch's default
@@ -88,20 +86,8 @@ class FinetuneConfig(TrainConfig):
     num_beams: int = 4             # the paper's beam 4, brevity penalty alpha 0.6
     max_decode: int = 128          # decoding budget in tokens
 
-def parse_init(init: str) -> tuple:
-    """--init as (kind, the stats scheme or preattn_ln's c, the weights' or statistics' path)."""
-    if init == "scratch":
-        return init, "", ""
-    kind, arg, path = init.partition(":")[0], "", init.removeprefix("hf:")
-    if kind in ("stats", "preattn_ln"):
-        kind, arg, path = parse_spec(init)
-    if path and not os.path.exists(path):
-        raise FileNotFoundError(f"--init={init}: {path} does not exist")
-    return kind, arg, path
-
 def get_finetune_config(argv) -> tuple:
-    """The settings (defaults, --preset's for --task or on --init=resume those saved in
-    out_dir/ckpt_last.pt, then the command line), all checked, and the checkpoint to resume."""
+    """Checked settings (defaults, --preset's or a resume's, then argv) and the resume (or None)."""
     cfg, resume = parse_run(FinetuneConfig, argv, lambda c: recipe(c.preset, c.task), __doc__,
                             same_run=("task", "tokenizer", "tokenizer_size", "lowercase"))
     for name, lo in dict(num_beams=1, max_decode=1, n_test=0, bucket=0, tokenizer_size=359).items():
@@ -110,8 +96,8 @@ def get_finetune_config(argv) -> tuple:
     config.check_choice("model", cfg.model, MODEL_PRESETS)
     if resume:                                             # it keeps its --init
         cfg = replace(cfg, init=resume["config"]["init"])
-    else:
-        parse_init(cfg.init)
+    elif (path := parse_spec(cfg.init)[2]) and not os.path.exists(path):
+        raise FileNotFoundError(f"--init={cfg.init}: {path} does not exist")
     if cfg.tokenizer and not os.path.exists(cfg.tokenizer):  # a named file is read, never made
         raise FileNotFoundError(f"--tokenizer={cfg.tokenizer} does not exist; make one with "
                                 f"`python tokenizer.py --path={cfg.tokenizer}` or leave it out")
@@ -130,22 +116,21 @@ def load_split(data_dir, task, split) -> list:
     for where, raw in lines:
         try:
             line = raw.decode("utf-8")
-            obj = json.loads(line) if jsonl else line.rstrip("\r\n").split("\t")
+            obj = json.loads(line) if jsonl else dict(zip(PAIR, line.rstrip("\r\n").split("\t")))
         except UnicodeDecodeError as e:
-            raise UserError(f"{where}: not UTF-8 (byte {e.start + 1} of the line)") from None
+            raise config.UserError(f"{where}: not UTF-8 (byte {e.start + 1} of the line)") from None
         except json.JSONDecodeError as e:
-            raise UserError(f"{where}: not valid JSON ({e.msg})") from None
-        if not jsonl and len(obj) != 2:
-            raise UserError(f"{where}: expected 'input<TAB>target', found {len(obj)} fields")
-        obj = obj if jsonl else dict(zip(PAIR, obj))
+            raise config.UserError(f"{where}: not valid JSON ({e.msg})") from None
+        if not jsonl and (n := line.count("\t") + 1) != 2:
+            raise config.UserError(f"{where}: expected 'input<TAB>target', found {n} fields")
         if not (isinstance(obj, dict) and all(isinstance(obj.get(k), str) for k in PAIR)):
-            raise UserError(f"{where}: expected an object with string 'source' and 'target'")
+            raise config.UserError(f"{where}: expected an object with string 'source' and 'target'")
         answers = obj.get("answers") or [obj["target"]]  # SQuAD is scored against every answer
         if not (isinstance(answers, list) and all(isinstance(a, str) for a in answers)):
-            raise UserError(f"{where}: 'answers' must be a list of strings")
+            raise config.UserError(f"{where}: 'answers' must be a list of strings")
         rows.append(dict(source=obj["source"], target=obj["target"], answers=answers))
     if not rows:
-        raise UserError(f"{path}: no examples")
+        raise config.UserError(f"{path}: no examples")
     return rows
 
 def load_data(cfg: FinetuneConfig, tok, tok_path: str) -> dict:
@@ -170,18 +155,15 @@ def load_data(cfg: FinetuneConfig, tok, tok_path: str) -> dict:
     return {split: (r, [(next(seqs), next(seqs)) for _ in r]) for split, r in rows.items()}
 
 class EpochData:
-    """train.train()'s `train_data`: shuffled epochs over fixed examples, the order a function of
-    (seed, epoch), the state one position, so a resumed run sees the same batches. bucket > 0 cuts
-    padding (T5 packs; sorting is simpler): chunks of `bucket` batches' worth of examples are sorted
-    by length, cut into batches, the batches shuffled; an epoch skips its len % batch leftover."""
-
+    """train()'s `train_data`: epochs shuffled by (seed, epoch); the state, one position, resumes
+    the same batches. bucket > 0 cuts padding (T5 packs; sorting is simpler): chunks of `bucket`
+    batches sorted by length, cut into batches, shuffled; each epoch drops its len % n leftover."""
     def __init__(self, pairs, seed: int, src_len: int, tgt_len: int, bucket: int = 0):
         self.pairs, self.seed, self.bucket, self.lens = pairs, seed, bucket, (src_len, tgt_len)
         self.position, self.sizes = 0, [len(s) + len(t) for s, t in pairs]
 
     @functools.lru_cache(maxsize=1)                       # batches rarely cross epochs
-    def order(self, epoch: int, n: int) -> list:
-        """The example indices of `epoch`, served n at a time."""
+    def order(self, epoch: int, n: int) -> list:  # the example indices of `epoch`, n at a time
         order, rng = list(range(len(self.pairs))), random.Random(f"{self.seed}/epoch{epoch}")
         rng.shuffle(order)
         if self.bucket:                                    # chunk boundaries fall between batches
@@ -195,7 +177,7 @@ class EpochData:
 
     def next_batch(self, n: int) -> dict:
         if self.bucket and len(self.pairs) < n:
-            raise UserError(f"--bucket needs a batch of {n} examples, has {len(self.pairs)}")
+            raise config.UserError(f"--bucket needs a batch of {n} examples, has {len(self.pairs)}")
         per_epoch = len(self.pairs) - (len(self.pairs) % n if self.bucket else 0)
         at, self.position = self.position, self.position + n
         ks = [self.order(i // per_epoch, n)[i % per_epoch] for i in range(at, at + n)]
@@ -210,7 +192,7 @@ class EpochData:
 def build_model(cfg: FinetuneConfig, tok) -> T5:
     """The network --init names, with cfg.dropout; its vocabulary must fit the tokenizer's."""
     torch.manual_seed(cfg.seed)                            # default init of every fresh tensor
-    kind, arg, path = parse_init(cfg.init)
+    kind, arg, path = parse_spec(cfg.init)
     state, source = load_source(path) if path else \
         ({}, get_config(cfg.model, vocab_size=tok.model_vocab_size))
     model = T5(replace(source, dropout_rate=cfg.dropout))
@@ -220,9 +202,9 @@ def build_model(cfg: FinetuneConfig, tok) -> T5:
         preattn_ln_init(model, arg)
     elif path:                                             # every weight
         model.load_state_dict(state)
-    if model.config.vocab_size != tok.model_vocab_size:
-        raise UserError(f"--init={cfg.init}: {model.config.vocab_size} embedding rows but the "
-                        f"tokenizer needs {tok.model_vocab_size}; pre-train with this --tokenizer")
+    if (n := tok.model_vocab_size) != model.config.vocab_size:
+        raise config.UserError(f"--init={cfg.init}: {model.config.vocab_size} embedding rows but "
+                               f"the tokenizer needs {n}; pre-train with this --tokenizer")
     return model
 
 def decode_all(model, sources, tok, cfg: FinetuneConfig) -> list:
@@ -243,9 +225,8 @@ def main(argv):
     tok_path = cfg.tokenizer or os.path.join(cfg.cache_dir, f"bpe{cfg.tokenizer_size}.json")
     tok = load_tokenizer(tok_path) if cfg.tokenizer else \
         get_tokenizer(cfg.data_dir, cfg.tokenizer_size, tok_path)
-    data = load_data(cfg, tok, tok_path)
-    train_pairs = data["train"][1]
-    val_pairs = data["validation"][1][:cfg.eval_batches * cfg.batch_size]
+    data, n_val = load_data(cfg, tok, tok_path), cfg.eval_batches * cfg.batch_size
+    train_pairs, val_pairs = data["train"][1], data["validation"][1][:n_val]
     test_rows, test_pairs = (x[:cfg.n_test or None] for x in data["test"])
     val_batches = [collate(val_pairs[i:i + mbs], cfg.src_len, cfg.tgt_len)[0]
                    for i in range(0, len(val_pairs), mbs)]
@@ -267,14 +248,10 @@ def main(argv):
         preds = decode_all(model.eval(), [s for s, _ in test_pairs], tok, cfg)
     refs = [r["answers"] if spec["metric"] == "squad" else r["target"] for r in test_rows]
     scores = compute_metrics(spec["metric"], preds, refs)
-    for p, r in list(zip(preds, refs))[:2]:                # show what the model writes
-        print(f"  target: {str(r)[:120]}\n  output: {p[:120]}")
-    with open(os.path.join(cfg.out_dir, "log.jsonl")) as f:   # every evaluation, resumed ones too
-        history = [dict(step=r["step"], val_token_acc=r["val_token_acc"], val_loss=r["val_loss"])
-                   for r in map(json.loads, f) if "val_token_acc" in r]
+    print(f"  e.g. target: {str(refs[0])[:120]}\n       output: {preds[0][:120]}")
     result = dict(task=cfg.task, init=cfg.init, seed=cfg.seed, metric=spec["score"],
                   score=scores[spec["score"]], best_step=out["best_step"],
-                  best_val_token_acc=out["best_token_acc"], scores=scores, history=history,
+                  best_val_token_acc=out["best_token_acc"], scores=scores,
                   n_test=len(test_pairs), wall_s=time.time() - t0, config=asdict(cfg))
     config.write_json(os.path.join(cfg.out_dir, "result.json"), result)  # last: "finished"
     print(f"\n{cfg.task} ({cfg.init}): test {spec['score']} {result['score']:.2f} at step "

@@ -32,8 +32,7 @@ def squad_em_f1(prediction: str, answers: list[str] | str) -> tuple[float, float
 def rouge_tokenize(text: str) -> list[str]:  # every run outside [a-z0-9] separates
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
 
-def _f1(hits: int, n_pred: int, n_ref: int) -> float:
-    """F-measure of `hits` shared tokens; an empty side scores 0 (max(.., 1)), not an error."""
+def _f1(hits: int, n_pred: int, n_ref: int) -> float:  # F-measure; an empty side scores 0
     precision, recall = hits / max(n_pred, 1), hits / max(n_ref, 1)
     return 2 * precision * recall / (precision + recall) if hits else 0.0
 
@@ -41,8 +40,7 @@ def _rouge_n(pred: list[str], ref: list[str], n: int) -> float:
     p, r = (Counter(tuple(x[i:i + n]) for i in range(len(x) - n + 1)) for x in (pred, ref))
     return _f1(sum((p & r).values()), sum(p.values()), sum(r.values()))
 
-def _lcs_table(ref: list[str], pred: list[str]) -> list[list[int]]:
-    """table[i][j] = length of the longest common subsequence of ref[:i] and pred[:j]."""
+def _lcs_table(ref, pred) -> list[list[int]]:  # [i][j]: the LCS length of ref[:i] and pred[:j]
     table = [[0] * (len(pred) + 1) for _ in range(len(ref) + 1)]
     for i in range(1, len(ref) + 1):
         row, above, r = table[i], table[i - 1], ref[i - 1]
@@ -81,14 +79,12 @@ def rouge(prediction: str, reference: str) -> dict[str, float]:
 
 METRICS = {"em": lambda p, r: {"em": exact_match(p, r)},  # name -> the scores of one example
            "em,f1": lambda p, r: {"em": exact_match(p, r), "f1": token_f1(p, r)},
-           "squad": lambda p, r: dict(zip(("em", "f1"), squad_em_f1(p, r))),
-           "rouge": rouge}
+           "squad": lambda p, r: dict(zip(("em", "f1"), squad_em_f1(p, r))), "rouge": rouge}
 
 def compute_metrics(name: str, predictions: list[str], references: list) -> dict[str, float]:
     """Mean x100 of metric `name`; a "squad" reference is a list of gold answers (or one string)."""
-    if name not in METRICS:
-        raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}")
-    if len(predictions) != len(references) or not predictions:
-        raise ValueError(f"{len(predictions)} predictions and {len(references)} references")
+    if name not in METRICS or len(predictions) != len(references) or not predictions:
+        raise ValueError(f"metric {name!r} (known: {', '.join(METRICS)}) of {len(predictions)} "
+                         f"predictions and {len(references)} references (as many, at least one)")
     each = [METRICS[name](p, r) for p, r in zip(predictions, references)]
     return {key: 100.0 * sum(s[key] for s in each) / len(each) for key in each[0]}

@@ -1,24 +1,19 @@
 """T5 (v1.0 and v1.1), PyTorch only: the network the paper pre-trains and fine-tunes, as in T5X and
-Hugging Face. Also T5X's default init, greedy and beam decoding with a KV cache, Hugging Face
-checkpoints (with our own safetensors reader and writer), and parameter and FLOP counts.
-
+Hugging Face. Also T5X's default init, greedy and beam decoding with a KV cache, loading Hugging
+Face checkpoints (with our own safetensors reader), and parameter and FLOP counts.
     model = T5(get_config("t5-small"))  # or T5.from_pretrained("path/to/hf/t5-small")
     logits, loss = model(input_ids, attention_mask, labels=labels)
     ids = model.generate(input_ids, attention_mask, max_new_tokens=64, num_beams=4)
-
 Reading order: model.py (here), tokenizer.py, tasks.py, ... Next: tokenizer.py.
 """
-import json
-import math
-import os
-import re
+import json, math, os, re
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from config import UserError, atomic_write
+from config import UserError
 
 NEG_INF = -1e9  # additive mask value: finite, so a fully masked row is uniform, never NaN
 
@@ -53,7 +48,6 @@ PRESETS = {  # positional: vocab_size, d_model, d_kv, d_ff
     "t5-small": T5Config(32128, 512, 64, 2048, num_layers=6, num_decoder_layers=6, num_heads=8),
     "t5-v1_1-small": T5Config(32128, 512, 64, 1024, num_layers=8, num_decoder_layers=8, num_heads=6,
                               feed_forward_proj="gated-gelu", tie_word_embeddings=False),
-    "t5-base": T5Config(32128, 768, 64, 3072, num_layers=12, num_decoder_layers=12, num_heads=12),
 }
 
 def get_config(preset: str = "cpu", **overrides) -> T5Config:
@@ -339,18 +333,6 @@ class T5(nn.Module):
         model.load_state_dict(hf_to_ours(tensors, model))
         return model
 
-    def save_pretrained(self, path):
-        """Write config.json and model.safetensors for `transformers.T5ForConditionalGeneration`."""
-        c, gated = self.config, self.config.feed_forward_proj == "gated-gelu"
-        hf = dict(asdict(c), model_type="t5", architectures=["T5ForConditionalGeneration"],
-                  is_encoder_decoder=True, dense_act_fn="gelu_new" if gated else "relu",
-                  is_gated_act=gated, initializer_factor=1.0, use_cache=True,
-                  torch_dtype=str(self.shared.weight.dtype).removeprefix("torch."))
-        atomic_write(os.path.join(path, "config.json"), json.dumps(hf, indent=2))
-        names = hf_names(c)  # transformers refuses files without the format metadata
-        save_safetensors({names[k]: v for k, v in self.state_dict().items()},
-                         os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-
 # Our parameter names -> Hugging Face's, one re.sub after another. HF numbers a block's sub-layers
 # (self-attention, decoder: cross-attention, MLP), keeps the position bias in block 0's layer 0.
 HF_RENAMES = [(r"^(\w+)\.(relative_attention_bias)", r"\1.block.0.layer.0.SelfAttention.\2"),
@@ -396,20 +378,6 @@ def hf_to_ours(tensors: dict, model: T5) -> dict:
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
-_DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
-
-def save_safetensors(tensors: dict, path, metadata=None):
-    header = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
-    raws, offset = [], 0
-    for name, t in tensors.items():
-        if t.dtype not in _DTYPE_NAMES:
-            raise ValueError(f"tensor {name!r}: dtype {t.dtype} is not supported by safetensors")
-        raws.append(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        header[name] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset := offset + len(raws[-1])]}
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)  # data starts 8-byte aligned, as the reference writer does
-    atomic_write(path, b"".join([len(head).to_bytes(8, "little"), head, *raws]))
 
 def load_safetensors(path) -> dict:
     with open(path, "rb") as f:

@@ -1,12 +1,11 @@
 """pretrain.py: pre-train the T5 of model.py on a synthetic task of tasks.py, then print held-out
 exact match and token accuracy next to what copying the input or a constant output scores.
 `--preset=cpu` (the default) learns Set on a 2-core CPU in minutes; `--preset=paper` is T5's
-recipe on t5-small (80k steps, batch 128, lengths 512).
+recipe on t5-small (80k steps, batch 128, lengths 512); `-h` prints every setting as it would run.
 
     python pretrain.py --task=lime              # any task of tasks.py, or a mixture 'set+lime'
     torchrun --standalone --nproc_per_node=8 pretrain.py --preset=paper --micro_batch_size=16
     python pretrain.py --init=resume --task=lime  # go on exactly in out/lime: saved settings, argv
-    python pretrain.py -h                       # every setting, as it would run
 
 Reading order: ..., config.py, train.py, pretrain.py (here), metrics.py, ... Next: metrics.py.
 """
@@ -23,12 +22,10 @@ import config
 from model import PRESETS as MODEL_PRESETS, T5, get_config
 from tasks import TASKS, TaskStream, collate, get_task
 from tokenizer import Vocab, load_tokenizer
-from train import TrainConfig, check_train_config, evaluate, ids_to_str, micro_batch, parse_run
-from train import train
+from train import TrainConfig, check_train_config, evaluate, micro_batch, parse_run, train
 
 @dataclass
 class PretrainConfig(TrainConfig):
-    """The loop's settings (TrainConfig), and what to pre-train on, from what."""
     preset: str = "cpu"            # the recipe, "cpu" or "paper" (PRESETS), then the command line
     task: str = "set"              # a name in tasks.TASKS or a mixture "a+b+c"
     data_dir: str = config.DATA_DIR  # the data folder; only the `natural` task reads files
@@ -95,13 +92,12 @@ class TaskData(Dataset):
 def baselines(examples, vocab) -> dict:
     """Trivial outputs scored on the held-out examples: the input copied (after the task prefix,
     up to the first sentinel), and the best constant output (each position's commonest token)."""
-    targets = [t for _, t in examples]
+    sources, targets = zip(*examples)
     def score(preds):
         right = sum(a == b for p, t in zip(preds, targets) for a, b in zip(p, t))
         return dict(exact_match=sum(p == t for p, t in zip(preds, targets)) / len(targets),
                     token_acc=right / sum(map(len, targets)))
-    copies = [s[next((i + 1 for i, x in enumerate(s) if vocab.is_sentinel(x)), 0):]
-              for s, _ in examples]
+    copies = [s[next((i for i, x in enumerate(s, 1) if vocab.is_sentinel(x)), 0):] for s in sources]
     columns = [[t[i] for t in targets if len(t) > i] for i in range(max(map(len, targets)))]
     constant = [max(set(c), key=c.count) for c in columns]
     return dict(copy=score(copies), constant=score([constant] * len(targets)))
@@ -115,8 +111,7 @@ def main(argv):
     config.check_range("dropout", cfg.dropout, 0, 1)
     for name in ("n_task_tokens", "workers"):
         config.check_range(name, getattr(cfg, name), lo=0)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    check_train_config(cfg, world, resume is not None)
+    check_train_config(cfg, world := int(os.environ.get("WORLD_SIZE", "1")), resume is not None)
     tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
     vocab = tok or Vocab(cfg.vocab_size)
     task = get_task(cfg.task, vocab, tokenizer=tok, data_dir=cfg.data_dir, min_len=cfg.min_len,
@@ -131,7 +126,7 @@ def main(argv):
     t0, data = time.time(), TaskData(task, cfg.seed, cfg.src_len, cfg.tgt_len, cfg.workers)
     with closing(data):                                    # however train() ends: stop the workers
         out = train(cfg, model, data, lambda m, step: evaluate(
-            m, val, max_new_tokens=cfg.tgt_len, decode=tok.decode if tok else ids_to_str),
+            m, val, max_new_tokens=cfg.tgt_len, decode=tok.decode if tok else None),
             resume=resume, log_extra=dict(task=cfg.task))
     if out["rank"] == 0:
         m, base = out["metrics"], baselines(held_out, vocab)

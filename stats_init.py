@@ -1,14 +1,12 @@
 """stats_init.py: Experiment 3, a fresh T5 drawn from a pre-trained checkpoint's parameter stats.
 
-Split a fresh model's parameters (model.py's default init) into groups; pool each group's tensors
-in a pre-trained checkpoint (pretrain.py's .pt or a Hugging Face T5 folder, which gives the config)
-into one float64 mean and population std; redraw the group from them (SCHEMES; the embedding keeps
-its init). Table 3 sets every pre-attention layer norm to one constant c. finetune.py runs both;
-this prints a scheme's groups:  python stats_init.py --init=stats:per_param_scale:<checkpoint>
+Groups of a fresh model's parameters (SCHEMES) are redrawn from the float64 mean and population
+std of each group pooled in a pre-trained checkpoint (pretrain.py's .pt or a Hugging Face T5 folder,
+which gives the config); the embedding keeps its init. Table 3 sets the pre-attention norms to c.
+finetune.py runs both; this prints a scheme's groups: python stats_init.py --init=stats:<s>:<ckpt>
 Reading order: ..., finetune.py, stats_init.py (here), reproduce.py, ... Next: reproduce.py.
 """
-import os
-import re
+import os, re
 from dataclasses import dataclass
 
 import torch
@@ -21,12 +19,11 @@ from train import load_checkpoint
 # names (e.g. encoder/layers_0/attention/query/kernel is our encoder.block.0.attn.q.weight).
 PREATTN_NORM = r"attn_norm\.weight$"        # '.*attention.*norm': encoder, decoder self and cross
 WHOLE_MODEL = {  # '.*attention/' and '.*mlp/'; '.*norm' (the final norms too); '.*relpos'
-    "attention+mlp kernels": r"\.((self_|cross_)?attn\.[qkvo]|mlp\.w\w+)\.weight$",
+    "attention+mlp kernels": r"\.((cross_)?attn\.[qkvo]|mlp\.w\w+)\.weight$",
     "norms": r"norm\.weight$", "relpos": r"relative_attention_bias"}
 
-# name -> (the original code's init_id, statistic); groups: scheme_groups. "scale": a group of norms
-# is set to its mean, any other drawn ~ N(0, std); "mean_std": every tensor ~ N(mean, std) iid.
-# T5X kernels are [in, out], ours [out, in]: pooled statistics and iid draws ignore the layout.
+# name -> (the original's init_id, statistic): "scale" sets a group of norms to its mean, draws the
+# rest ~ N(0, std); "mean_std" all ~ N(mean, std). Pooled, iid: T5X's [in, out] needs no transpose.
 SCHEMES = {"per_param_mean_sd": ("per_param_grouping___init_mean_std", "mean_std"),
            "per_param_scale": ("per_param_grouping___init_scale", "scale"),
            "whole_model_scale": ("across_ALL_layer_AND_per_layer_grouping___init_scale", "scale"),
@@ -44,20 +41,17 @@ def scheme_groups(model: T5, scheme: str) -> dict[str, list[str]]:
 
 def group_stats(state_dict: dict, groups: dict[str, list[str]], model: T5) -> dict[str, tuple]:
     """{group: (mean, population std, #values)} over the group's pooled checkpoint tensors."""
-    params = dict(model.named_parameters())
     for n in sum(groups.values(), []):
-        got = tuple(state_dict[n].shape) if n in state_dict else "missing"
-        if got != tuple(params[n].shape):
-            raise config.UserError(f"checkpoint tensor {n!r}: shape {got}, the model's is "
-                                   f"{tuple(params[n].shape)}")
+        want = tuple(model.get_parameter(n).shape)
+        if (got := tuple(state_dict[n].shape) if n in state_dict else "missing") != want:
+            raise config.UserError(f"checkpoint tensor {n!r}: shape {got}, the model's is {want}")
     pooled = {g: torch.cat([state_dict[n].detach().cpu().double().flatten() for n in names])
               for g, names in groups.items()}
     return {g: (v.mean().item(), v.std(correction=0).item(), v.numel()) for g, v in pooled.items()}
 
 @torch.no_grad()
 def init_from_stats(model: T5, state_dict: dict, scheme: str, seed: int = 0) -> T5:
-    """Redraw `model`'s grouped parameters in place from `state_dict`'s group statistics;
-    `model` should be freshly built: parameters outside every group keep their init."""
+    """Redraw a fresh `model`'s grouped parameters from `state_dict`'s; the rest keep their init."""
     groups, mean_std = scheme_groups(model, scheme), SCHEMES[scheme][1] == "mean_std"
     stats = group_stats(state_dict, groups, model)  # checks every tensor before anything changes
     gen = torch.Generator().manual_seed(seed)  # our choice: the original uses unseeded np.random
@@ -81,11 +75,10 @@ def load_source(path: str) -> tuple[dict, T5Config]:
     """(state dict, model config) of a pretrain.py .pt checkpoint or a Hugging Face T5 directory."""
     if os.path.isdir(path):
         return (hf := T5.from_pretrained(path)).state_dict(), hf.config
-    ckpt = load_checkpoint(path)
-    return ckpt["model"], T5Config(**ckpt["model_config"])
+    return (ckpt := load_checkpoint(path))["model"], T5Config(**ckpt["model_config"])
 
 def parse_spec(spec: str) -> tuple:
-    """A checked spec: ("stats", scheme (or its init_id), checkpoint) or ("preattn_ln", c, "")."""
+    """A checked --init: ("stats", scheme, ckpt), ("preattn_ln", c, "") or (kind, "", path)."""
     kind, _, rest = spec.partition(":")
     scheme, _, path = rest.partition(":")  # the path may itself contain ':'
     if kind == "stats" and path:
@@ -94,6 +87,8 @@ def parse_spec(spec: str) -> tuple:
         return kind, name, path
     if kind == "preattn_ln" and re.fullmatch(r"\d*\.?\d+(e-?\d+)?", rest) and float(rest) > 0:
         return kind, float(rest), ""
+    if kind not in ("stats", "preattn_ln"):  # scratch, hf:<dir> or a checkpoint file
+        return kind, "", "" if spec == "scratch" else spec.removeprefix("hf:")
     want = "stats:<scheme>:<checkpoint>" if kind == "stats" else "preattn_ln:<c>, a number c > 0"
     raise config.UserError(f"--init={spec}: expected {want}")
 

@@ -22,14 +22,12 @@ import torch
 import config
 from tokenizer import Vocab, load_tokenizer
 
-EOS, T5_SIZE = Vocab.eos_id, 32100  # at T5's size and without a tokenizer: T5's ids for names
-T5_YES, T5_NO, LIME_MODES = [4273], [150], ("induct", "deduct", "abduct")  # "▁yes", "▁no"
+EOS, T5_SIZE, LIME_MODES = Vocab.eos_id, 32100, ("induct", "deduct", "abduct")
 
-def content_ids(vocab, n_task_tokens=None):
-    """Random content ids: unk=2 .. n-101 (T5: 2..31999), the first n_task_tokens of them if set."""
+def content_ids(vocab, n_task_tokens=None):  # unk=2..n-101 (T5: ..31999), the first n if set
     ids = list(range(vocab.unk_id, vocab.size - vocab.num_sentinels))
     if n_task_tokens is not None and not 1 <= n_task_tokens <= len(ids):
-        raise ValueError(f"n_task_tokens={n_task_tokens} is not in 1..{len(ids)} (n={vocab.size})")
+        raise config.UserError(f"--n_task_tokens={n_task_tokens} is not in 1..{len(ids)}")
     return ids[:n_task_tokens]
 
 def word_id(word, vocab):  # our choice without a tokenizer: 3 + (index in WORDS) mod (n-103)
@@ -47,8 +45,8 @@ class Gen:
         self.V = content_ids(vocab, n_task_tokens)
         # <extra_id_0> ends the task name, _1 divides words, _2 separates arguments, _3 is "empty"
         self.name_sep, self.div, self.sep, self.empty = (vocab.sentinel(k) for k in range(4))
-        self.t5 = tokenizer is None and vocab.size == T5_SIZE
-        self.yes, self.no = (T5_YES, T5_NO) if self.t5 else (self.text("yes"), self.text("no"))
+        self.t5 = tokenizer is None and vocab.size == T5_SIZE  # then T5's ids for names, yes/no
+        self.yes, self.no = ([4273], [150]) if self.t5 else (self.text("yes"), self.text("no"))
 
     def rand(self, rng, n):  # n iid uniform content tokens (random.choices, as the original)
         return rng.choices(self.V, k=n)
@@ -69,8 +67,7 @@ class Gen:
     def runs(self, rng, n, types):  # types[j] repeated part_j times
         return [t for t, m in zip(types, self.partition(rng, n, len(types))) for _ in range(m)]
 
-    def query(self, rng, p_neg):
-        """(a, q): q planted r >= 1 times in a, or with p_neg absent (resampled, as the original)"""
+    def query(self, rng, p_neg):  # (a, q): q planted r >= 1 times in a, or with p_neg absent
         if rng.random() <= p_neg:
             if rng.random() < 0.01:  # 1%: a query longer than the sequence
                 q = self.rand(rng, qlen := rng.randint(min(self.lo + 1, self.hi), self.hi))
@@ -97,7 +94,7 @@ class Gen:
         n1 = rng.randint(0, tot)  # a may be empty (then union = b, intersect = empty)
         pool = rng.sample(self.V, min(tot // 2, len(self.V)))  # clamped for a tiny n_task_tokens
         a, b = rng.choices(pool, k=n1), rng.choices(pool, k=tot - n1)
-        return a, b, out(a, b)
+        return a, b, out(dict.fromkeys(a), dict.fromkeys(b))  # ordered sets: first occurrence
 
     def set(self, rng, dedup=False):  # k~U{1..n} types in runs [9, 9, 9, 7, 7, 5], shuffled
         n = rng.randint(self.lo, self.hi)  # [9, 7, 9, 5, 7, 9] -> [9, 7, 5]; dedup keeps the runs:
@@ -115,8 +112,7 @@ class Gen:
         return [x for w in words for x in (self.div, *w)][1:], None, max(words, key=len)
 
     def count(self, rng):  # [5, 9, 5, 7], b=[5] -> the tokens of "2"
-        s = rng.randint(self.lo - 2, self.hi - 2)  # room for the separator and the query
-        q = rng.choice(self.V)
+        s, q = rng.randint(self.lo - 2, self.hi - 2), rng.choice(self.V)  # room for sep and query
         m = rng.randint(0, s)  # planted copies: the count is near uniform over 0..s, not ~0
         a = [q] * m + self.rand(rng, s - m)
         rng.shuffle(a)
@@ -136,13 +132,11 @@ class Gen:
         b = self.rand(rng, olen)  # the order; it may repeat tokens
         a = self.runs(rng, rng.randint(olen, self.hi - 1 - olen), rng.choices(b, k=olen))
         rng.shuffle(a)
-        key = {t: i for i, t in enumerate(b)}  # later duplicates overwrite: the last index counts
-        return a, b, sorted(a, key=key.__getitem__)
+        return a, b, sorted(a, key={t: i for i, t in enumerate(b)}.__getitem__)  # last index wins
 
     def replace(self, rng):  # [5, 9, 5, 7], b=[5, 8] (key 5 -> value 8) -> [8, 9, 8, 7]
         a = self.rand(rng, rng.randint(self.lo - 3, self.hi - 3))  # room for sep, key, value
-        k = rng.choice(list(dict.fromkeys(a)))  # uniform over a's distinct tokens
-        v = rng.choice(self.V)  # may equal k: then the target is a itself
+        k, v = rng.choice(list(dict.fromkeys(a))), rng.choice(self.V)  # v may be k
         return a, [k, v], [v if t == k else t for t in a]
 
     def simple(self, name, prefix, rng):  # resampled until lo <= len(body) <= hi, as the original
@@ -176,19 +170,8 @@ class Gen:
             if (len(src) + commas * (mode != "abduct") <= self.hi
                     and len(tgt) + commas * (mode == "abduct") <= self.hi):
                 return src, tgt
-        raise ValueError(f"LIME ({mode}): no example of at most max_len={self.hi} ids in 1000 "
-                         "draws; its inputs are 74-200 ids long, use max_len >= 128 (paper: 220)")
-
-    def nesting(self, rng, ids, n_tokens):  # sentences from a random offset, as T5's chunks
-        first = nesting_sentence(rng, ids)
-        toks = first[rng.randrange(len(first)):]
-        while len(toks) < n_tokens:
-            toks += nesting_sentence(rng, ids)
-        return span_corrupt(toks[:n_tokens], self.vocab, rng)
-
-def _distinct(xs, ys, keep_if_in):
-    ys = set(ys)
-    return [t for t in dict.fromkeys(xs) if (t in ys) == keep_if_in]
+        raise config.UserError(f"--max_len={self.hi} is too short for LIME ({mode}): no example in "
+                               "1000 tries (inputs: 74-200 ids); use max_len >= 128 (paper: 220)")
 
 # name: (generator, the task prefix the original wrote, that prefix in T5's ids). The unary tasks
 # on a=[5, 9, 7]: identity [5, 9, 7], duplicate [5, 5, 9, 9, 7, 7], reverse [7, 9, 5], first and
@@ -198,11 +181,11 @@ SIMPLE = {
     "identity": (lambda g, r: g.unary(r, lambda a: a), "copy", [2405]),
     "set": (Gen.set, "set", [356]), "delete": (Gen.delete, "delete", [9268]),
     "sort": (Gen.sort, "sort", [1843]),
-    "union": (lambda g, r: g.set_op(r, lambda a, b: list(dict.fromkeys(a + b))), "union", [7021]),
+    "union": (lambda g, r: g.set_op(r, lambda a, b: list({**a, **b})), "union", [7021]),
     "replace": (Gen.replace, "replace", [3601]),
     "duplicate": (lambda g, r: g.unary(r, lambda a: [t for t in a for _ in (0, 1)]), "duplicate",
                   [19197]),
-    "intersect": (lambda g, r: g.set_op(r, lambda a, b: _distinct(a, b, True)), "intersect",
+    "intersect": (lambda g, r: g.set_op(r, lambda a, b: [t for t in a if t in b]), "intersect",
                   [27806]),
     "reverse": (lambda g, r: g.unary(r, lambda a: a[::-1]), "reverse", [7211]),
     "deduplicate": (lambda g, r: g.set(r, dedup=True), "deduplicate", [20, 26, 413, 26221]),
@@ -212,9 +195,9 @@ SIMPLE = {
     "count": (Gen.count, "count", [3476]),
     "first_token": (lambda g, r: g.unary(r, lambda a: a[:1]), "first_char", [166, 834, 4059]),
     "last_token": (lambda g, r: g.unary(r, lambda a: a[-1:]), "last_char", [336, 834, 4059]),
-    "set1_minus_set2": (lambda g, r: g.set_op(r, lambda a, b: _distinct(a, b, False)),
+    "set1_minus_set2": (lambda g, r: g.set_op(r, lambda a, b: [t for t in a if t not in b]),
                         "set_1_minus_2", [356, 834, 536, 834, 14078, 834, 357]),
-    "set2_minus_set1": (lambda g, r: g.set_op(r, lambda a, b: _distinct(b, a, False)),
+    "set2_minus_set1": (lambda g, r: g.set_op(r, lambda a, b: [t for t in b if t not in a]),
                         "set_2_minus_1", [356, 834, 357, 834, 14078, 834, 536])}
 TASKS = list(SIMPLE) + ["lime", "lime_induct", "lime_deduct", "lime_abduct", "nonsense_summary",
                         "nesting_language", "natural"]
@@ -225,29 +208,8 @@ def _kw(tid, base):  # Appendix A.3: a keyword token is "__" + task id + "__" + 
 
 _L = "abcdefghijklmnopqrstuvwxyz"  # A.1: word i spells i in base 26, least significant first
 NONSENSE_WORDS = [_L[i % 26] + _L[i // 26 % 26] + _L[i // 676 % 26] for i in range(5000)]
-_KEY10, _NUM100 = [f"keyword_{i}" for i in range(10)], [str(i) for i in range(100)]
-_CLS9 = [f"class_{c}_kw_{j}" for c in range(3) for j in range(3)]
-_T_SPECS = [  # (task id, name, keyword bases) of the 16 transformations, in Appendix A.5's order
-    ("d3", "CopyKeywordOneSentence", _KEY10), ("d4", "CopyKeywordMultipleSentences", _KEY10),
-    ("d5", "CopyKeywordMultipleSentencesShuffled", _KEY10),
-    ("d6", "CopyKeywordMultipleSentencesSorted", _KEY10),
-    ("d7", "CopyQuoted", ["begin_quote", "end_quote"]), ("d8", "CopyBulleted", ["bullet"]),
-    ("d10", "ClassifyKeyword", _KEY10), ("d11", "ReplaceClassKeyword", _CLS9),
-    ("d12", "MajorityKeyword", ["keyword_1", "keyword_2"]), ("d13", "TopicSegregation", _CLS9),
-    ("d14", "ThresholdNumber", _NUM100), ("d16", "LargestNumber", _NUM100),
-    ("d18", "ParaphraseWords", [f"src_{i}" for i in range(20)]
-     + [f"target_{i}_{j}" for i in range(20) for j in range(3)]),
-    ("d19", "JoinClauses", [f"join_{i}" for i in range(5)]),
-    ("d20", "BreakClauses", [f"join_{i}" for i in range(5)]), ("d21", "TruncateSentence", _KEY10)]
-# Every word a task can emit, in a fixed order (a word's id without a tokenizer); the simple
-# tasks' words first, so that they stay collision-free even in small vocabularies.
-WORDS = list(dict.fromkeys(
-    [p for _, p, _ in SIMPLE.values()] + ["yes", "no"] + _NUM100 + ["."]
-    + ("the keyword was positive negative occurred more number of times section above or equal to "
-       "threshold below largest is combined sentence").split()
-    + [_kw(t, b) for t, _, bases in _T_SPECS for b in bases]
-    + [_kw(t, f"class_{c}") for t in ("d11", "d13") for c in range(3)] + NONSENSE_WORDS))
-_WORD_INDEX = {w: i for i, w in enumerate(WORDS)}
+_KEY10, _J5 = [f"keyword_{i}" for i in range(10)], [f"join_{i}" for i in range(5)]
+_CLS9, _NUM100 = [f"class_{i // 3}_kw_{i % 3}" for i in range(9)], [str(i) for i in range(100)]
 
 def _pick(lines, m, rng):  # A.4's pick_lines(m): m distinct lines, ascending
     return sorted(rng.sample(range(len(lines)), m))
@@ -259,9 +221,8 @@ class Transform:
     """A transformation: modify(lines, rng) edits token lists in place, output() gives summaries."""
 
     def __init__(self, tid, name, bases):
-        self.tid, self.name = tid, name
-        self.keywords = [_kw(tid, b) for b in bases]  # the task id keeps the tasks' tokens disjoint
-        self.kwset = set(self.keywords)
+        self.tid, self.name, self.keywords = tid, name, [_kw(tid, b) for b in bases]
+        self.kwset = set(self.keywords)  # the task id in each keeps the tasks' keywords disjoint
 
     def find(self, lines):  # A.4's find(task): (line index, its keywords of this task), in order
         return [(i, [w for w in line if w in self.kwset])
@@ -332,7 +293,26 @@ class Transform:
             return [J(w[:q] + ["."]), J(w[:p] + w[q:-1] + ["."])]
         return [J(w[:w.index(kw)] + ["."])]  # d21: the tokens before the keyword
 
-TRANSFORMS = [Transform(*spec) for spec in _T_SPECS]
+TRANSFORMS = [Transform(*spec) for spec in [  # (id, name, keyword bases): A.5's 16, in order
+    ("d3", "CopyKeywordOneSentence", _KEY10), ("d4", "CopyKeywordMultipleSentences", _KEY10),
+    ("d5", "CopyKeywordMultipleSentencesShuffled", _KEY10),
+    ("d6", "CopyKeywordMultipleSentencesSorted", _KEY10),
+    ("d7", "CopyQuoted", ["begin_quote", "end_quote"]), ("d8", "CopyBulleted", ["bullet"]),
+    ("d10", "ClassifyKeyword", _KEY10), ("d11", "ReplaceClassKeyword", _CLS9),
+    ("d12", "MajorityKeyword", ["keyword_1", "keyword_2"]), ("d13", "TopicSegregation", _CLS9),
+    ("d14", "ThresholdNumber", _NUM100), ("d16", "LargestNumber", _NUM100),
+    ("d18", "ParaphraseWords", [f"src_{i}" for i in range(20)]
+     + [f"target_{i}_{j}" for i in range(20) for j in range(3)]),
+    ("d19", "JoinClauses", _J5), ("d20", "BreakClauses", _J5), ("d21", "TruncateSentence", _KEY10)]]
+# Every word a task can emit, in a fixed order (a word's id without a tokenizer); the simple
+# tasks' words first, so that they stay collision-free even in small vocabularies.
+WORDS = list(dict.fromkeys(
+    [p for _, p, _ in SIMPLE.values()] + ["yes", "no"] + _NUM100 + ["."]
+    + ("the keyword was positive negative occurred more number of times section above or equal to "
+       "threshold below largest is combined sentence").split()
+    + [k for t in TRANSFORMS for k in t.keywords]
+    + [_kw(t, f"class_{c}") for t in ("d11", "d13") for c in range(3)] + NONSENSE_WORDS))
+_WORD_INDEX = {w: i for i, w in enumerate(WORDS)}
 
 def nonsense_document(rng):
     """One document (A.2, A.5): 7..13 lines of 5..15 words + ".", an ordered triple of distinct
@@ -353,11 +333,7 @@ def _noise(n, noise_density=0.15, mean_span=3):  # (noise tokens, noise spans) o
 def span_corrupt(tokens, vocab, rng):
     """T5's span_corruption without EOS: kept and noise spans alternate, kept first; [a b c d e f g]
     with noise [d e] -> inputs [a b c <extra_id_0> f g], targets [<extra_id_0> d e]."""
-    if (n := len(tokens)) < 2:
-        raise ValueError("span corruption needs at least 2 tokens")
-    n_noise, n_spans = _noise(n)
-    if n_spans > vocab.num_sentinels:
-        raise ValueError(f"{n_spans} noise spans need more than {vocab.num_sentinels} sentinels")
+    n_noise, n_spans = _noise(n := len(tokens))
     def segment(n_items):  # T5's _random_segmentation: n_spans parts, cut uniformly at random
         cuts = [0] + sorted(rng.sample(range(1, n_items), n_spans - 1)) + [n_items]
         return [b - a for a, b in zip(cuts, cuts[1:])]
@@ -375,13 +351,9 @@ def span_tokens_length(inputs_length):
     def inputs_len(t):  # kept tokens + a sentinel per span + EOS
         n_noise, n_spans = _noise(t)
         return t - n_noise + n_spans + 1
-    t = inputs_length - 1
-    while inputs_len(t + 1) <= inputs_length:
-        t += 1
-    return t
+    return next(t for t in itertools.count(inputs_length) if inputs_len(t) > inputs_length) - 1
 
-# Sentence lengths 0..60 of Ri & Tsuruoka's empirical Wikipedia-en fit (their
-# empirical_distribution_sampler.libsonnet): the count at index L weighs length L.
+# Weights of sentence lengths 0..60: Ri & Tsuruoka's Wikipedia fit (empirical_distribution_sampler)
 _LEN_CUM = list(itertools.accumulate([0] * 6 + [
     303, 303, 342, 308, 275, 310, 337, 356, 340, 309, 321, 358, 319, 331, 343, 310, 310, 350, 284,
     284, 307, 252, 246, 255, 209, 207, 177, 168, 165, 128, 149, 133, 109, 123, 102, 99, 81, 81, 73,
@@ -408,33 +380,23 @@ def nesting_sentence(rng, ids):
             out.append(stack.pop())
     return out + stack[::-1]  # close everything still open
 
-class NaturalText:
-    """Span corruption of windows of natural_text/<split>.txt (documents between blank lines) that
+def natural_text(path, g, n_tokens):
+    """Span corruption of n_tokens windows of the file at path (documents between blank lines) that
     start at a uniformly random character; documents are tokenized when first drawn."""
-
-    def __init__(self, path, tokenizer, vocab, n_tokens):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"natural task: {path} not found (see --data_dir)")
-        with open(path, encoding="utf-8") as f:
-            self.docs = [d.strip() for d in f.read().split("\n\n") if d.strip()]
-        self.cum = list(itertools.accumulate(len(d) for d in self.docs))
-        self.tok, self.vocab, self.n, self.cache = tokenizer, vocab, n_tokens, {}
-
-    def tokens(self, d):
-        if d not in self.cache:
-            self.cache[d] = array("i", self.tok.encode(self.docs[d]))  # ~4 bytes per token
-        return self.cache[d]
-
-    def __call__(self, rng):
-        d = bisect.bisect_right(self.cum, rng.randrange(self.cum[-1]))
-        toks = self.tokens(d)
-        start = rng.randint(0, max(0, len(toks) - self.n))
-        out = list(toks[start:start + self.n])
-        for k in range(1, len(self.docs) + 1):  # following documents, no separator, as T5 packs
-            if len(out) >= self.n:
+    with open(path, encoding="utf-8") as f:  # a missing file: FileNotFoundError, one line
+        docs = [d.strip() for d in f.read().split("\n\n") if d.strip()]
+    cum = list(itertools.accumulate(len(d) for d in docs))
+    tokens = lru_cache(None)(lambda d: array("i", g.tok.encode(docs[d])))  # ~4 bytes per token
+    def window(rng):
+        d = bisect.bisect_right(cum, rng.randrange(cum[-1]))
+        start = rng.randint(0, max(0, len(tokens(d)) - n_tokens))
+        out = list(tokens(d)[start:start + n_tokens])
+        for k in range(1, len(docs) + 1):  # following documents, no separator, as T5 packs
+            if len(out) >= n_tokens:
                 break
-            out += self.tokens((d + k) % len(self.docs))[:self.n - len(out)]
-        return span_corrupt(out, self.vocab, rng)
+            out += tokens((d + k) % len(docs))[:n_tokens - len(out)]
+        return span_corrupt(out, g.vocab, rng)
+    return window
 
 # ------------------------------------------------------------------------- tasks, streams, batches
 class Task:
@@ -459,9 +421,9 @@ def get_task(name, vocab, *, tokenizer=None, data_dir=None, min_len=10, max_len=
     included, of nesting_language and natural. Nonsense summaries are not limited."""
     names = [s.strip() for s in name.split("+")]
     if unknown := [s for s in names if s not in TASKS]:
-        raise ValueError(f"unknown task(s) {unknown}; choose from {TASKS}, or mix them as 'a+b+c'")
+        raise config.UserError(f"--task={name}: unknown {unknown}; choose from {TASKS} or 'a+b'")
     if not 4 <= min_len <= max_len:
-        raise ValueError(f"need 4 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
+        raise config.UserError(f"--min_len={min_len} --max_len={max_len}: need 4 <= min <= max")
     g = Gen(vocab, tokenizer, min_len, max_len, n_task_tokens)  # shared by a mixture's parts
     tasks = [_build(s, g, data_dir) for s in names]
     return tasks[0] if len(tasks) == 1 else Task(name, parts=tasks)
@@ -472,22 +434,30 @@ def _build(name, g, data_dir):
         return Task(name, lambda rng: g.simple(name, prefix, rng))
     if name.startswith("lime"):
         if len(g.V) < 68:
-            raise ValueError(f"LIME draws 68 distinct ids; n_task_tokens={len(g.V)} is too small")
+            raise config.UserError(f"--n_task_tokens={len(g.V)}: LIME draws 68 distinct ids")
         if name == "lime":
             return Task(name, parts=[_build("lime_" + m, g, data_dir) for m in LIME_MODES])
         return Task(name, lambda rng: g.lime(rng, name[5:]))  # no task-name prefix
     if name == "nonsense_summary":  # " ".join(lines).lower() of article and summary (no tags, A.7)
         return Task(name, lambda rng: [g.text(" ".join(x).lower()) for x in nonsense_document(rng)])
     n_tokens = span_tokens_length(g.hi)  # the raw chunk whose corrupted input fits max_len
+    if _noise(n_tokens)[1] > g.vocab.num_sentinels:
+        raise config.UserError(f"--max_len={g.hi}: span corruption needs more than 100 sentinels")
     if name == "nesting_language":
         ids = [i for i in g.V if i != g.vocab.unk_id]  # our choice: unk is not a nesting symbol
         if len(ids) < 2:
-            raise ValueError("nesting_language needs at least 2 non-unk content ids")
-        return Task(name, lambda rng: g.nesting(rng, ids, n_tokens))
+            raise config.UserError("--task=nesting_language needs --n_task_tokens >= 3")
+        def nesting(rng):  # sentences from a random offset, as T5's chunks
+            first = nesting_sentence(rng, ids)
+            toks = first[rng.randrange(len(first)):]
+            while len(toks) < n_tokens:
+                toks += nesting_sentence(rng, ids)
+            return span_corrupt(toks[:n_tokens], g.vocab, rng)
+        return Task(name, nesting)
     if data_dir is None or g.tok is None:  # name == "natural"
-        raise ValueError("task 'natural' needs a data_dir with natural_text/ and a tokenizer")
-    return Task(name, *(NaturalText(os.path.join(data_dir, "natural_text", f"{s}.txt"), g.tok,
-                                    g.vocab, n_tokens) for s in ("train", "validation")))
+        raise config.UserError("--task=natural needs --tokenizer and --data_dir with natural_text/")
+    return Task(name, *(natural_text(os.path.join(data_dir, "natural_text", f"{s}.txt"), g,
+                                     n_tokens) for s in ("train", "validation")))
 
 class TaskStream:
     """Example i of a split comes from random.Random(f"{split}/{seed}/{i}") (str seeds are hashed
@@ -525,11 +495,7 @@ def main(argv):
     cfg = config.parse(TasksConfig, argv, doc=__doc__)
     config.check_range("vocab_size", cfg.vocab_size, 200)
     tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
-    vocab = tok or Vocab(cfg.vocab_size)  # a tokenizer is a Vocab: its size decides the layout
-    try:
-        task = get_task(cfg.task, vocab, tokenizer=tok, data_dir=cfg.data_dir)
-    except ValueError as e:  # e.g. an unknown task name
-        raise config.UserError(f"--task={cfg.task}: {e}") from None
+    task = get_task(cfg.task, tok or Vocab(cfg.vocab_size), tokenizer=tok, data_dir=cfg.data_dir)
     for src, tgt in TaskStream(task, 0).next_examples(cfg.n):
         print(f"source ({len(src)} ids): {src}\ntarget ({len(tgt)} ids): {tgt}")
         print(f"as text: {tok.decode(src)!r} -> {tok.decode(tgt)!r}\n" if tok else "")

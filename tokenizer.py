@@ -1,16 +1,17 @@
 """tokenizer.py: the tokenizers, and the one id layout (T5's) that the whole project shares.
 
-Vocab is the id arithmetic; a Tokenizer adds encode and decode: BPETokenizer (train_bpe), a
-byte-level BPE trained from scratch, or UnigramTokenizer, T5's model read from its tokenizer.json.
+Vocab is the id arithmetic; BPETokenizer (train_bpe), a byte-level BPE trained from scratch, and
+UnigramTokenizer, T5's model read from its tokenizer.json, add encode(text) -> ids (no EOS: tasks
+append it) and decode(ids) -> text (pad and eos skipped, not stopped at; sentinels: <extra_id_k>).
 Run: python tokenizer.py --size=8192   trains (or loads) a BPE and says how long it took (-h)
 Reading order: model.py, tokenizer.py (here), tasks.py, ... Next: tasks.py.
 """
 import heapq, json, math, os, re, time, unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 
 from tqdm import tqdm
-
 import config
 
 class Vocab:
@@ -29,22 +30,11 @@ class Vocab:
     def is_sentinel(self, i: int) -> bool:
         return self.size - self.num_sentinels <= i < self.size
 
-class Tokenizer(Vocab):
-    """Subclasses give encode(text) -> ids, without EOS (tasks append it), and decode(ids) -> text,
-    skipping pad and eos (it does not stop at eos), sentinels shown as "<extra_id_k>"."""
-
-    def _content_ids(self, ids):  # all but pad, eos, -100 (ignored labels), padding rows >= size
-        for i in map(int, ids.tolist() if hasattr(ids, "tolist") else ids):  # torch / numpy too
-            if i in (self.pad_id, self.eos_id, -100) or self.size <= i < self.model_vocab_size:
-                continue
-            if not 0 <= i < self.size:
-                raise ValueError(f"token id {i} is outside 0..{self.model_vocab_size - 1}")
-            yield i
-
-    def _cached(self, word: str, segment) -> list[int]:  # words repeat: most of encode's speed
-        if word not in self._cache and len(self._cache) < 1_000_000:  # bounded memory
-            self._cache[word] = segment(word)
-        return self._cache.get(word) or segment(word)
+    def _content_ids(self, ids) -> list[int]:  # what decode shows of ids, labels or a tensor
+        ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+        if bad := [i for i in ids if i != -100 and not 0 <= i < self.model_vocab_size]:
+            raise ValueError(f"token id {bad[0]} is outside 0..{self.model_vocab_size - 1}")
+        return [i for i in ids if 1 < i < self.size]  # not pad, eos, -100, padding rows >= size
 
 # Byte-level BPE on the words of GPT-2's pattern in stdlib `re`: contractions, letter runs, up to 3
 # digits (as GPT-4), punctuation runs ("_" too), each led by at most one space; a whitespace run
@@ -53,8 +43,7 @@ PRETOKENIZE_PATTERN = r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d{1,3}| ?(?:[^\s\w]|
 _PRETOKENIZE = re.compile(PRETOKENIZE_PATTERN)
 BYTE_OFFSET, FIRST_MERGE_ID = 3, 259  # byte b has id 3 + b (after pad/eos/unk); merges follow
 
-def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    """Every non-overlapping occurrence of `pair`, left to right, replaced by `new_id`."""
+def _merge(ids, pair, new_id):  # every non-overlapping `pair`, left to right, becomes new_id
     out, (a, b) = [], pair
     for t in ids:
         if t == b and out and out[-1] == a:  # out[-1] is never a merged b: new_id is no a
@@ -63,7 +52,7 @@ def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
             out.append(t)
     return out
 
-class BPETokenizer(Tokenizer):
+class BPETokenizer(Vocab):
     """Ids 3..258 are the bytes, 259.. the merges, applied to each word by rank (the order training
     learned them). Typed "<extra_id_3>" is plain bytes: only sentinel ids decode to it, so
     decode(encode(s)) == s for every str. Ids between the last merge and the sentinels go unused."""
@@ -72,43 +61,38 @@ class BPETokenizer(Tokenizer):
         super().__init__(size)
         if len(merges) > (room := size - self.num_sentinels - FIRST_MERGE_ID):
             raise ValueError(f"{len(merges)} merges do not fit a BPE of size {size} (least: 359)")
-        self.merges, self._cache = [tuple(m) for m in merges], {}
+        self.merges, self._word = [tuple(m) for m in merges], lru_cache(1 << 20)(self._bpe)
         table = [b"", b"", b"<unk>"] + [bytes([b]) for b in range(256)]  # each id's bytes
         for a, b in self.merges:
             table.append(table[a] + table[b])
         self.token_bytes = table + [b""] * (room - len(self.merges)) + [
             f"<extra_id_{k}>".encode() for k in reversed(range(self.num_sentinels))]
-        # pair -> merged id; a lower id is an earlier merge, so the id is also the rank
-        self.ranks = {pair: new_id for new_id, pair in enumerate(self.merges, FIRST_MERGE_ID)}
+        self.ranks = {p: i for i, p in enumerate(self.merges, FIRST_MERGE_ID)}  # id = rank too
 
-    def _bpe(self, word: str) -> list[int]:
-        ids = [BYTE_OFFSET + b for b in word.encode("utf-8")]
-        while len(ids) > 1:  # earliest merge first replays training: no merge makes older pairs
-            pair = min(zip(ids, ids[1:]), key=lambda p: self.ranks.get(p, math.inf))
-            if pair not in self.ranks:
-                return ids
+    def _bpe(self, word: str) -> list[int]:  # the earliest merge first replays training
+        ids = [BYTE_OFFSET + b for b in word.encode("utf-8")]  # (no merge makes older pairs)
+        while pair := min((p for p in zip(ids, ids[1:]) if p in self.ranks),
+                          key=self.ranks.__getitem__, default=None):
             ids = _merge(ids, pair, self.ranks[pair])
         return ids
 
-    def encode(self, text: str) -> list[int]:
-        return [i for word in _PRETOKENIZE.findall(text) for i in self._cached(word, self._bpe)]
+    def encode(self, text: str) -> list[int]:  # _word caches: words repeat
+        return [i for word in _PRETOKENIZE.findall(text) for i in self._word(word)]
 
     def decode(self, ids) -> str:
         data = b"".join(self.token_bytes[i] for i in self._content_ids(ids))
         return data.decode("utf-8", "replace")  # a model may emit bytes that are not UTF-8
 
     def save(self, path: str) -> None:
-        config.write_json(path, {"type": "byte_level_bpe", "version": 1, "size": self.size,
-                                 "pretokenize_pattern": PRETOKENIZE_PATTERN, "merges": self.merges},
-                          indent=None)
+        config.write_json(path, dict(type="byte_level_bpe", version=1, size=self.size,
+            pretokenize_pattern=PRETOKENIZE_PATTERN, merges=self.merges), indent=None)
 
 def train_bpe(texts, size: int, min_frequency: int = 2, progress: bool = True) -> BPETokenizer:
     """Learn size-359 merges (fewer if no pair occurs min_frequency times), updating only the words
     holding the merged pair; ties go to the smallest (left, right) ids: same corpus, same merges."""
     BPETokenizer(size, [])  # checks the size before the long part
-    counts = sorted(Counter(w for text in texts for w in _PRETOKENIZE.findall(text)).items())
-    words = [[BYTE_OFFSET + b for b in w.encode("utf-8")] for w, _ in counts]  # sorted: the same
-    freqs = [f for _, f in counts]  # for any order of the texts
+    tally = sorted(Counter(w for text in texts for w in _PRETOKENIZE.findall(text)).items())
+    words, freqs = [[BYTE_OFFSET + b for b in w.encode()] for w, _ in tally], [f for _, f in tally]
     pair_count, where, merges = defaultdict(int), defaultdict(set), []  # where: pair -> word ids
     for wi, (w, f) in enumerate(zip(words, freqs)):
         for pair in zip(w, w[1:]):
@@ -137,11 +121,11 @@ def train_bpe(texts, size: int, min_frequency: int = 2, progress: bool = True) -
             if pair_count[p] > 0:
                 heapq.heappush(heap, (-pair_count[p], p))
     return BPETokenizer(size, merges)
-class UnigramTokenizer(Tokenizer):
-    """T5's SentencePiece model from its HF tokenizer.json (a dict; only the vocabulary is read). As
-    HF does for T5: typed added tokens ("</s>", "<extra_id_k>") map to their ids; NFKC (+ split())
-    stands in for nmt_nfkc; each word, led by "▁", gets its most probable Viterbi pieces, unk (score
-    min - 10) for a character no piece covers. Ties may break unlike SentencePiece's (rare)."""
+
+class UnigramTokenizer(Vocab):
+    """T5's SentencePiece model, from the vocabulary in HF's tokenizer.json. As HF: typed added
+    tokens ("</s>", "<extra_id_k>") map to their ids; NFKC + split() stand in for nmt_nfkc; each
+    word, led by "▁", gets its most probable pieces (Viterbi; rare ties may break otherwise)."""
 
     def __init__(self, spec: dict):
         model = spec.get("model") or {}
@@ -150,7 +134,7 @@ class UnigramTokenizer(Tokenizer):
         vocab = model["vocab"]
         added = {t["content"]: int(t["id"]) for t in spec.get("added_tokens") or []}
         super().__init__(max(len(vocab), max(added.values(), default=-1) + 1))
-        self.id_to_piece, ids_of, self._cache = [""] * self.size, defaultdict(set), {}
+        self.id_to_piece, ids_of = [""] * self.size, defaultdict(set)
         for i, p in [(i, p) for i, (p, _) in enumerate(vocab)] + [(i, p) for p, i in added.items()]:
             self.id_to_piece[i] = p
             ids_of[p].add(i)  # piece -> its ids
@@ -167,6 +151,7 @@ class UnigramTokenizer(Tokenizer):
         specials = sorted({**added, **expected}, key=len, reverse=True)  # longest match first
         self._special_re = re.compile("(" + "|".join(map(re.escape, specials)) + ")")
         self._special_ids = {c: min(ids_of[c]) for c in specials}
+        self._word = lru_cache(1 << 20)(self._viterbi)  # words repeat: most of encode's speed
 
     def _viterbi(self, word: str) -> list[int]:
         n, best = len(word), [0.0] + [-math.inf] * len(word)  # best[j]: top score of word[:j]
@@ -189,15 +174,14 @@ class UnigramTokenizer(Tokenizer):
         for si, segment in enumerate(self._special_re.split(text)):
             out += [self._special_ids[segment]] if si % 2 else [  # else words; "▁" is a space
                 i for word in unicodedata.normalize("NFKC", segment).split()
-                for i in self._cached("▁" + word, self._viterbi)]
+                for i in self._word("▁" + word)]
         return out
 
     def decode(self, ids) -> str:
-        text = "".join(f"<extra_id_{self.size - 1 - i}>" if self.is_sentinel(i)
-                       else self.id_to_piece[i] for i in self._content_ids(ids)).replace("▁", " ")
+        text = "".join(self.id_to_piece[i] for i in self._content_ids(ids)).replace("▁", " ")
         return text[1:] if text.startswith(" ") else text  # as the Metaspace decoder does
 
-def load_tokenizer(path: str) -> Tokenizer:
+def load_tokenizer(path: str) -> BPETokenizer | UnigramTokenizer:
     """Our BPE json (BPETokenizer.save) or a Hugging Face T5 tokenizer.json (unigram)."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -222,22 +206,19 @@ def default_corpus(data_dir: str, max_chars_per_file=None, natural_only: bool = 
         budget = max_chars_per_file or math.inf
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
-                if not path.endswith(".jsonl"):  # natural text, or input<TAB>target
-                    parts = [line] if fi == 0 else line.rstrip("\n").split("\t")
-                elif not line.strip():
-                    continue  # a blank line (e.g. at the end of a file) holds no example
-                else:
-                    try:
-                        parts = [(ex := json.loads(line))["source"], ex["target"]]
-                    except (json.JSONDecodeError, KeyError, TypeError) as e:
-                        raise config.UserError(f"{path}:{n}: expected a JSON object with source "
-                                               f"and target ({e})") from None
+                try:  # natural text, input<TAB>target or JSON (a blank line, e.g. the last: none)
+                    parts = ([line] if fi == 0 else line.rstrip("\n").split("\t")
+                             if not path.endswith(".jsonl") else [] if not line.strip()
+                             else [(ex := json.loads(line))["source"], ex["target"]])
+                except (ValueError, KeyError, TypeError) as e:  # ValueError: not JSON
+                    raise config.UserError(f"{path}:{n}: expected a JSON object with source "
+                                           f"and target ({e})") from None
                 yield from parts
                 if (budget := budget - sum(map(len, parts))) <= 0:
                     break
 
 def get_tokenizer(data_dir: str, size: int, path: str, max_chars_per_file=10_000_000,
-                  progress: bool = True, natural_only: bool = False) -> Tokenizer:
+                  progress=True, natural_only=False) -> BPETokenizer | UnigramTokenizer:
     """The tokenizer at `path`, or a BPE of `size` trained on default_corpus(data_dir), saved there
     (atomically: parallel runs never read half a file). Size 8192 on the development data: ~40 s."""
     if not os.path.exists(path):
@@ -252,7 +233,6 @@ class TokenizerConfig:
     data_dir: str = config.DATA_DIR       # holds natural_text/ and the downstream task folders
     size: int = 8192                      # vocabulary size, the 100 sentinels included
     path: str = "cache/bpe8192.json"      # loaded if it exists, else trained and saved there
-    max_chars_per_file: int = 10_000_000  # characters read from each corpus file (0: all)
     natural_only: bool = False            # train on natural_text alone (see default_corpus)
 
 def main(argv):

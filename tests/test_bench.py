@@ -41,7 +41,10 @@ def test_cuda_without_a_gpu_says_so():
         bench.main(TINY_RUN + ["--device=cuda"])
 
 
-def test_tiny_run_reports_consistent_rows(capsys):
+def test_tiny_run_reports_consistent_rows(capsys, monkeypatch):
+    peaks, peak_flops = {}, bench.peak_flops  # train.py's, recorded
+    monkeypatch.setattr(bench, "peak_flops",
+                        lambda dev, dtype: peaks.setdefault(dtype, peak_flops(dev, dtype)))
     rows = bench.main(TINY_RUN)
     assert [(r["model"], r["mode"]) for r in rows] == [("ours eager", "fp32"),
                                                        ("ours eager", "bf16")]
@@ -50,8 +53,9 @@ def test_tiny_run_reports_consistent_rows(capsys):
     for r in rows:
         assert r["sec"] > 0 and r["tok_s"] == pytest.approx(2 * 6 / r["sec"])  # target tokens/s
         assert r["hf_over_ours"] is None  # no --compare_hf
-        peak = 3 * fpt * r["tok_s"] / r["mfu"]  # MFU: training FLOP/s over the measured peak
+        peak = peaks[bench.MODES[r["mode"]]]
         assert 1e8 < peak < 1e14, peak  # a plausible FLOP/s (a CPU has no datasheet peak)
+        assert r["mfu"] == pytest.approx(3 * fpt * r["tok_s"] / peak)  # training: 3x forward's
         assert (f"| {r['model']} | {r['mode']} | {r['sec'] * 1e3:.0f} | {r['tok_s']:.0f} | "
                 f"{r['mfu']:.1%} |  |") in out
 

@@ -31,6 +31,12 @@ def write(path, lines):
         f.write(b"\n".join(x if isinstance(x, bytes) else x.encode() for x in lines) + b"\n")
 
 
+def evaluations(out_dir):                                  # (step, val token acc, val loss)
+    with open(out_dir / "log.jsonl") as f:
+        return [(r["step"], r["val_token_acc"], r["val_loss"]) for r in map(json.loads, f)
+                if "val_token_acc" in r]
+
+
 def write_task(folder, rows_by_split):
     for split, rows in rows_by_split.items():
         write(folder / "mtop" / f"{split}.jsonl",
@@ -276,8 +282,8 @@ def test_tiny_finetuning_run_learns_and_decodes_once_at_the_best_step(tmp_path, 
     result = finetune.main(args + [f"--out_dir={tmp_path / 'out'}", "--max_steps=150",
                                    "--eval_interval=75", "--dropout=0.0", "--eval_at_start=True"])
     assert len(decodes) == 1 and result["score"] > 50.0, result
-    curve = [h["val_token_acc"] for h in result["history"]]
-    assert [h["step"] for h in result["history"]] == [0, 75, 150] and curve[0] < curve[-1]
+    steps, curve, _ = zip(*evaluations(tmp_path / "out"))
+    assert steps == (0, 75, 150) and curve[0] < curve[-1]
     best = load_checkpoint(str(tmp_path / "out" / "ckpt_best.pt"))
     assert best["step"] == result["best_step"] == 75 * curve.index(max(curve))
     cfg = get_finetune_config(args + ["--dropout=0.0"])
@@ -302,8 +308,9 @@ def test_resume_is_exact_and_keeps_the_init(tmp_path, monkeypatch):
     assert len(losses(tmp_path / "a")) == 6 and losses(tmp_path / "a") == losses(tmp_path / "b")
     a, b = (load_checkpoint(str(tmp_path / d / "ckpt_last.pt"))["model"] for d in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert (resumed["score"], resumed["history"], resumed["init"]) == \
-        (full["score"], full["history"], "scratch")
+    assert (resumed["score"], resumed["init"]) == (full["score"], "scratch")
+    assert evaluations(tmp_path / "b") == evaluations(tmp_path / "a") and \
+        [e[0] for e in evaluations(tmp_path / "a")] == [3, 6]   # every evaluation, resumed ones too
     with pytest.raises(UserError, match=r"--task='webqsp', but .* trained with task='mtop'"):
         finetune.main([f"--out_dir={tmp_path / 'b'}", "--init=resume", "--task=webqsp"])
     with pytest.raises(UserError, match=r"holds a run .*--init=resume.*--overwrite=True"):

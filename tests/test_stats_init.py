@@ -4,6 +4,7 @@ The expected groups are derived independently: our names are translated to T5X f
 and the original code's regexes (`re.match`) are applied to them literally.
     python -m pytest -q tests/test_stats_init.py
 """
+import json
 import re
 from dataclasses import asdict
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import T5, get_config
+from model import T5, get_config, hf_names
 from config import UserError
 from stats_init import (SCHEMES, group_stats, init_from_stats, load_source, main, parse_spec,
                         preattn_ln_init, scheme_groups)
@@ -196,17 +197,23 @@ def test_init_spec_checkpoint_formats_and_cli(tmp_path, capsys):
     assert parse_spec("preattn_ln:0.2") == ("preattn_ln", 0.2, "")
     assert parse_spec("preattn_ln:.5e-1")[1] == 0.05
     for bad in ("preattn_ln:abc", "preattn_ln:-1", "preattn_ln:0", "preattn_ln:inf",
-                "stats:whole_model_scale", "random"):
+                "stats:whole_model_scale", "stats"):
         with pytest.raises(UserError, match="expected") as e:
             parse_spec(bad)
         assert bad in str(e.value) and "\n" not in str(e.value)
+    # finetune.py's other kinds: the path of the weights, if any, is given back as it is
+    assert parse_spec("scratch") == ("scratch", "", "")
+    assert parse_spec("hf:c:/t5") == ("hf", "", "c:/t5") and parse_spec("x.pt")[1:] == ("", "x.pt")
     with pytest.raises(UserError, match="unknown init scheme 'bogus'"):
         parse_spec(f"stats:bogus:{path}")
 
     # A Hugging Face directory works as the source too.
     src = fresh(RELU)
     src.load_state_dict(sd)
-    src.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf").mkdir()                          # a Hugging Face folder, older layout
+    torch.save({hf_names(RELU)[k]: v for k, v in src.state_dict().items()},
+               tmp_path / "hf" / "pytorch_model.bin")
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(asdict(RELU)))
     hf_sd, hf_cfg = load_source(str(tmp_path / "hf"))
     assert torch.equal(hf_sd["decoder.block.2.mlp.wo.weight"], sd["decoder.block.2.mlp.wo.weight"])
     assert hf_cfg == RELU and load_source(str(path))[1] == RELU
@@ -219,6 +226,8 @@ def test_init_spec_checkpoint_formats_and_cli(tmp_path, capsys):
         main([f"--init=stats:bogus:{path}"])
     with pytest.raises(UserError, match="preattn_ln:0.4: expected stats:<scheme>:<checkpoint>"):
         main(["--init=preattn_ln:0.4"])                  # it sets no statistics: nothing to print
+    with pytest.raises(UserError, match="scratch: expected stats:<scheme>:<checkpoint>"):
+        main(["--init=scratch"])
     with pytest.raises(UserError, match="unknown setting --ckpt; valid settings: init$"):
         main([f"--ckpt={path}"])
     with pytest.raises(SystemExit) as e:

@@ -174,8 +174,10 @@ def test_replace_and_n_task_tokens():
         assert k in a and out == [v if t == k else t for t in a]
     for src, tgt in examples("identity", 50, n_task_tokens=2):  # the first 2 content ids only
         assert set(parts(src, tgt)[0]) <= {2, 3}
-    with pytest.raises(ValueError, match="68"):
+    with pytest.raises(config.UserError, match="--n_task_tokens=10: LIME draws 68"):
         T.get_task("lime", V, n_task_tokens=10)
+    with pytest.raises(config.UserError, match="--n_task_tokens=31999 is not in 1..31998"):
+        T.get_task("set", V, n_task_tokens=31999)
 
 
 def parse_lime(src):
@@ -246,10 +248,12 @@ def test_mixture_equal_rates_and_names():
     assert [t.name for t in task.parts] == ["identity", "reverse"]
     firsts = [task.example(random.Random(i))[0][0] for i in range(2000)]
     assert 0.45 < firsts.count(2405) / 2000 < 0.55  # prefix "copy" vs "reverse"
-    with pytest.raises(ValueError, match="choose from"):
+    with pytest.raises(config.UserError, match=r"--task=set\+nope: unknown \['nope'\]; choose"):
         T.get_task("set+nope", V)
-    with pytest.raises(ValueError, match="min_len"):
+    with pytest.raises(config.UserError, match="--min_len=3"):
         T.get_task("set", V, min_len=3)
+    with pytest.raises(config.UserError, match="--max_len=2500: span corruption needs more than"):
+        T.get_task("nesting_language", V, max_len=2500)  # > 100 noise spans: checked up front
 
 
 def test_span_corrupt_reconstructs_original():

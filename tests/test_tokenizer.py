@@ -146,6 +146,18 @@ def test_sentinel_layout_and_decode(bpe):
         T.train_bpe(CORPUS, 300)
 
 
+def test_default_corpus_reads_every_layout(tmp_path):
+    (tmp_path / "natural_text").mkdir()
+    (tmp_path / "natural_text" / "train.txt").write_text("one\ttab\n\ntwo\n")  # lines as they are
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "train.jsonl").write_text('{"source": "s1", "target": "t1"}\n\n')
+    (tmp_path / "b").mkdir()  # the original release: input<TAB>target
+    (tmp_path / "b" / "train.txt").write_text("in1\tout1\nin2\tout2\n")
+    assert list(T.default_corpus(str(tmp_path))) == ["one\ttab\n", "\n", "two\n", "s1", "t1",
+                                                    "in1", "out1", "in2", "out2"]
+    assert list(T.default_corpus(str(tmp_path), 5)) == ["one\ttab\n", "s1", "t1", "in1", "out1"]
+
+
 def test_get_tokenizer_trains_caches_and_loads(tmp_path):
     data = tmp_path / "data"
     (data / "natural_text").mkdir(parents=True)
@@ -187,7 +199,8 @@ def test_cli_help_and_run(tmp_path, capsys):
     T.main([f"--data_dir={data}", "--size=400", f"--path={tmp_path / 't.json'}",
             "--natural_only=True"])
     assert "size 400" in capsys.readouterr().out
-    assert T.load_tokenizer(str(tmp_path / "t.json")).merges == T.train_bpe(CORPUS, 400, progress=False).merges
+    want = T.train_bpe(CORPUS, 400, progress=False).merges
+    assert T.load_tokenizer(str(tmp_path / "t.json")).merges == want
 
 
 # Unigram reader on a hand-made T5-style tokenizer.json (vocabulary of 200: 3 specials, pieces,
