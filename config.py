@@ -3,13 +3,7 @@ mistake, which main() prints as one line) and the one atomic file write. Importe
 
 Reading order: model.py, tokenizer.py, tasks.py, config.py (here), train.py, ... Next: train.py.
 """
-import ast
-import inspect
-import json
-import os
-import re
-import sys
-import tempfile
+import ast, inspect, json, os, re, sys, tempfile
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 

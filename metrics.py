@@ -3,7 +3,7 @@
   "em":    exact match of the raw strings (retrosynthesis, code translation; T5's qa_utils).
   "em,f1": exact match + whitespace-token F1, no normalisation (MTOP, WebQSP).
   "squad": SQuAD v1.1 EM/F1 (T5 `metrics.squad`): answers normalised, max over the gold answers.
-  "rouge": ROUGE-1/2/L/Lsum F-measure (Lin 2004) as `rouge_score` computes it, unstemmed (CNNDM).
+  "rouge": ROUGE-1/2 F-measure (Lin 2004) as `rouge_score` computes it, unstemmed (CNNDM).
 Scores are x100 means over examples (T5's ROUGE, a bootstrap's mid point, estimates the same).
 Reading order: ..., pretrain.py, metrics.py (here), finetune.py, ... Next: finetune.py.
 """
@@ -40,42 +40,10 @@ def _rouge_n(pred: list[str], ref: list[str], n: int) -> float:
     p, r = (Counter(tuple(x[i:i + n]) for i in range(len(x) - n + 1)) for x in (pred, ref))
     return _f1(sum((p & r).values()), sum(p.values()), sum(r.values()))
 
-def _lcs_table(ref, pred) -> list[list[int]]:  # [i][j]: the LCS length of ref[:i] and pred[:j]
-    table = [[0] * (len(pred) + 1) for _ in range(len(ref) + 1)]
-    for i in range(1, len(ref) + 1):
-        row, above, r = table[i], table[i - 1], ref[i - 1]
-        for j in range(1, len(pred) + 1):
-            row[j] = above[j - 1] + 1 if r == pred[j - 1] else max(above[j], row[j - 1])
-    return table
-
-def _lcs_positions(ref: list[str], pred: list[str]) -> list[int]:
-    """Positions in `ref` of one LCS, by rouge_score's tie rule (it decides rougeLsum's union)."""
-    table, i, j, positions = _lcs_table(ref, pred), len(ref), len(pred), []
-    while i > 0 and j > 0:
-        if ref[i - 1] == pred[j - 1]:
-            positions.append(i - 1)
-            i, j = i - 1, j - 1
-        else:
-            i, j = (i, j - 1) if table[i][j - 1] > table[i - 1][j] else (i - 1, j)
-    return positions
-
-def _rouge_lsum(pred_sents: list[list[str]], ref_sents: list[list[str]]) -> float:
-    """Summary-level ROUGE-L: per reference sentence, the union of its LCS with every predicted
-    sentence; hits clipped by token counts so no token counts twice (as ROUGE-1.5.5)."""
-    union = Counter(ref[i] for ref in ref_sents  # the union of LCS positions per ref sentence
-                    for i in set().union(*(_lcs_positions(ref, pred) for pred in pred_sents)))
-    hits = sum((union & Counter(t for s in pred_sents for t in s)).values())  # within ref's counts
-    return _f1(hits, sum(map(len, pred_sents)), sum(map(len, ref_sents)))
-
 def rouge(prediction: str, reference: str) -> dict[str, float]:
-    """The four ROUGE F-measures (in [0, 1]) of one summary. T5 turns " . " into " .\\n" first, so
-    rougeLsum sees one sentence per line (rouge_score splits on "\\n" only)."""
-    prediction, reference = prediction.replace(" . ", " .\n"), reference.replace(" . ", " .\n")
+    """ROUGE-1 (the paper's CNNDM score) and ROUGE-2 F-measures, in [0, 1], of one summary."""
     pred, ref = rouge_tokenize(prediction), rouge_tokenize(reference)
-    sents = [[rouge_tokenize(s) for s in x.split("\n") if s] for x in (prediction, reference)]
-    return {"rouge1": _rouge_n(pred, ref, 1), "rouge2": _rouge_n(pred, ref, 2),
-            "rougeL": _f1(_lcs_table(ref, pred)[-1][-1], len(pred), len(ref)),
-            "rougeLsum": _rouge_lsum(*sents)}
+    return {"rouge1": _rouge_n(pred, ref, 1), "rouge2": _rouge_n(pred, ref, 2)}
 
 METRICS = {"em": lambda p, r: {"em": exact_match(p, r)},  # name -> the scores of one example
            "em,f1": lambda p, r: {"em": exact_match(p, r), "f1": token_f1(p, r)},

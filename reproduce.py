@@ -1,16 +1,16 @@
 """reproduce.py: the paper's three experiments as one resumable grid, with intervals and verdicts.
 
-Each cell is a child process: pretrain.py once per source (runs/pt-<source>), finetune.py per method,
-task and seed (runs/ft-<method>-<task>-s<seed>). Parts: table1 (random, natural, LIME, nonsense
-summary, nesting language, Set, Identity), sweep (Experiment 2: the 18 simple tasks), table2
-(statistics of Set, LIME, Identity), table3 (constant pre-attention norm). A finished cell is reused
-only if its dependencies are the runs it was made from; a killed one resumes from its checkpoint;
-children die with this process. Writes the reports, results.json and run.log to --out.
+A cell is a child process: pretrain.py per source (runs/pt-<source>), finetune.py per method, task
+and seed (runs/ft-<method>-<task>-s<seed>). Parts: table1 (random, natural, LIME, nonsense summary,
+nesting language, Set, Identity), sweep (Experiment 2: the 18 simple tasks), table2 (statistics of
+Set, LIME, Identity), table3 (constant pre-attention norm). A finished cell is reused only if its
+dependencies are the runs it was made from; a killed one resumes from its checkpoint; children die
+with this process. Writes the reports, results.json and run.log to --out.
     python reproduce.py --scale=cpu                  # the CPU grid (~6 h on 2 cores), resumable
     python reproduce.py --scale=cpu --dry_run=True   # its cells and commands
     python reproduce.py --scale=cpu --report_only=True   # the reports again from results.json
     python reproduce.py --scale=paper --t5_dir=data/t5-small --t5_v11_dir=data/t5-v1_1-small
-Reading order: ..., finetune.py, stats_init.py, reproduce.py (here), bench.py, data.py. Next: bench.py.
+Reading order: ..., stats_init.py, reproduce.py (here), bench.py, data.py. Next: bench.py.
 """
 import hashlib, json, os, shutil, signal, statistics, subprocess, sys, time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -71,16 +71,15 @@ class Cell:
     deps: list = field(default_factory=list)  # ids of cells that must finish first
     meta: dict = field(default_factory=dict)  # method, label, parts, task, seed, source
 
-def _list(cfg, key, conv=str, valid=None) -> list:
-    raw = getattr(cfg, key)
+def _list(cfg, key, conv=str, valid=None) -> list:  # --key="a,b": checked, converted
     try:
-        vals = [conv(x) for x in raw.replace(" ", "").split(",") if x]
+        vals = [conv(x) for x in getattr(cfg, key).replace(" ", "").split(",") if x]
     except ValueError:
         vals = []
-    if not vals or (valid and not set(vals) <= set(valid)):
-        raise config.UserError(f"--{key}={raw!r}: expected a comma list of "
-                               + (", ".join(valid) if valid else "numbers"))
-    return vals
+    if vals and set(vals) <= set(valid or vals):
+        return vals
+    raise config.UserError(f"--{key}={getattr(cfg, key)!r}: expected a comma list of "
+                           + (", ".join(valid) if valid else "numbers"))
 
 def get_config(argv) -> ReproduceConfig:
     """The command line over the design's defaults (what 0 and "" stand for), all checked."""
@@ -139,12 +138,9 @@ def build_cells(cfg) -> list:
                     dict(method=method, label=label or LABELS.get(method, method.title()),
                          parts=[part], task=t, seed=seed, source=src))
 
-    if d["natural"] == "pretrain":
-        nat_deps, nat_ckpt = pretrain("natural")
-        natural = lambda t: nat_ckpt  # noqa: E731
-    else:  # the off-the-shelf T5 (v1.1 for CNNDM, as the paper); placeholders for a dry run
-        nat_deps, key = [], lambda t: "t5_v11_dir" if t == "cnndm_10k" else "t5_dir"
-        natural = lambda t: "hf:" + (getattr(cfg, key(t)) or f"<{key(t).upper()}>")  # noqa
+    nat_deps, nat_ckpt = pretrain("natural") if d["natural"] == "pretrain" else ([], None)
+    key = lambda t: "t5_v11_dir" if t == "cnndm_10k" else "t5_dir"  # noqa: E731  v1.1: CNNDM
+    natural = lambda t: nat_ckpt or "hf:" + (getattr(cfg, key(t)) or f"<{key(t).upper()}>")  # noqa
     for part in parts:  # the references first: partial grids already give percentages
         ts = tasks if part == "table1" else tasks[:1]
         finetune("random", part, lambda t: "scratch", ts, cfg.seeds)
@@ -166,14 +162,14 @@ def build_cells(cfg) -> list:
     return list(cells.values())
 
 # ----------------------------------------------------------------------------- running the cells
-def read(cell, name="result.json", raw=False):
+def read(cell, name="result.json"):
     """A file of the cell's folder: result.json (written last: "finished") or cell.json (written
     first: its command, its dependencies' runs and the code's commit); None if absent."""
-    path = Path(cell.out_dir) / name
-    return None if not path.exists() else path.read_bytes() if raw else json.loads(path.read_text())
+    return json.loads(p.read_text()) if (p := Path(cell.out_dir) / name).exists() else None
 
 def fingerprint(cell):  # which run a finished cell is
-    return (raw := read(cell, raw=True)) and hashlib.sha1(raw).hexdigest()
+    return hashlib.sha1(p.read_bytes()).hexdigest() if (p := Path(cell.out_dir) /
+                                                         "result.json").exists() else None
 
 def commit() -> str:
     """The code's git commit, '+dirty' if it has uncommitted changes ('unknown' outside git)."""
@@ -233,8 +229,8 @@ def subprocess_runner(cell, log_path, threads=0):
     with open(log_path, "a") as log:
         return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
-def exit_on_signals():  # at once: the children die with us (LAUNCH), not waited for; files are
-    for sig in (signal.SIGINT, signal.SIGTERM):   # written atomically
+def exit_on_signals():  # at once: the children die with us (LAUNCH); files are written atomically
+    for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda n, frame: os._exit(128 + n))
 
 def _fmt(s):  # seconds -> h:mm:ss
@@ -264,9 +260,8 @@ def run_cells(cells, runner=subprocess_runner, log_file=None, jobs=1) -> list:
 
     def say(msg):  # to the terminal, and to run.log for the record
         print(msg, flush=True)
-        if log_file:
-            with open(log_file, "a") as f:
-                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+        with open(log_file or os.devnull, "a") as f:
+            f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
     to_run, durations, errors, code = plan(cells, say), {}, {}, commit()
     pending, t0, running = [c for c in cells if c.id in to_run], time.time(), {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -290,10 +285,10 @@ def run_cells(cells, runner=subprocess_runner, log_file=None, jobs=1) -> list:
                 if err := _failure(cell, fut):
                     errors[cell.id] = err
                     say(f"FAILED {cell.id}: {err}")
-                else:
-                    durations.setdefault((cell.kind, cell.meta.get("task")), []).append(
-                        time.time() - start)
-                    say(f"finished {cell.id} in {_fmt(time.time() - start)}")
+                    continue
+                durations.setdefault((cell.kind, cell.meta.get("task")), []).append(
+                    time.time() - start)
+                say(f"finished {cell.id} in {_fmt(time.time() - start)}")
     say(f"{len(cells) - len(errors)} of {len(cells)} cells finished, {len(errors)} failed or "
         f"skipped; this invocation took {_fmt(time.time() - t0)}")
     return [dict(id=c.id, kind=c.kind, meta=c.meta, cmd=c.cmd, error=errors.get(c.id),
@@ -334,33 +329,27 @@ def summarize(records, measure="score") -> dict:
         boot[k, t] = np.array(x)[rng.integers(0, len(x), (BOOTSTRAP, len(x)))].mean(1)
         methods[k]["per_task"][t] = dict(n=len(x), mean=statistics.mean(x), std=statistics.stdev(
             x) if len(x) > 1 else 0.0)
-    ref = lambda t: [methods.get(k, {}).get("per_task", {}).get(t) for k in ("random",  # noqa
-                                                                           "natural")]
     margins = {}
     for t in tasks:
-        if None not in (rn := ref(t)):
-            d, pooled = rn[1]["mean"] - rn[0]["mean"], ((rn[0]["std"] ** 2 + rn[1]["std"] ** 2)
-                                                        / 2) ** 0.5
-            margins[t] = dict(diff=d, pooled_std=pooled, ok=pooled > 0 and d >= 3 * pooled)
+        r, n = (methods.get(k, {}).get("per_task", {}).get(t) for k in ("random", "natural"))
+        if r and n:
+            d, pooled = n["mean"] - r["mean"], ((r["std"] ** 2 + n["std"] ** 2) / 2) ** 0.5
+            margins[t] = dict(diff=d, pooled_std=pooled, ok=pooled > 0 and d >= 3 * pooled,
+                              ref=[r["mean"], n["mean"]])
     for k, m in methods.items():
         pcts, draws = [], []
-        for t, c in m["per_task"].items():
-            if t not in margins:
-                continue
-            r, n = (x["mean"] for x in ref(t))
-            c["pct"] = 100 * (c["mean"] - r) / (n - r) if n != r else None
+        for t, c in ((t, c) for t, c in m["per_task"].items() if t in margins):
+            (r, n), rb = margins[t]["ref"], boot["random", t]
             with np.errstate(divide="ignore", invalid="ignore"):  # natural = random: inf
-                b = 100 * (boot[k, t] - boot["random", t]) / (boot["natural", t] - boot["random",
-                                                                                    t])
-            c["pct_ci"] = _interval(b)
+                b = 100 * (boot[k, t] - rb) / (boot["natural", t] - rb)
+            c.update(pct=100 * (c["mean"] - r) / (n - r) if n != r else None, pct_ci=_interval(b))
             if margins[t]["ok"] and c["pct"] is not None:
                 pcts, draws = pcts + [c["pct"]], draws + [b]
         m.update(pct=statistics.mean(pcts) if pcts else None, pct_tasks=len(pcts),
                  pct_ci=_interval(np.mean(draws, 0)) if draws else [None, None])
     sweep = _sweep(methods, boot, tasks[0] if tasks else None)
     return dict(measure=measure, tasks=tasks, methods=methods, margins=margins, sweep=sweep,
-                n_test=n_test,
-                verdicts=_verdicts(methods, sweep), commits=sorted(
+                n_test=n_test, verdicts=_verdicts(methods, sweep), commits=sorted(
                     {r["commit"] or "unknown" for r in records if r["result"]}),
                 errors=[dict(id=r["id"], error=r["error"]) for r in records if r.get("error")])
 
@@ -416,15 +405,13 @@ def _md(header, rows):
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                      + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
-TITLES = dict(table1="Table 1: pre-training sources (Experiment 1)",
-              sweep="Experiment 2: the 18 simple tasks as pre-training sources, ranked",
-              table2="Table 2: a fresh model drawn from a checkpoint's parameter statistics",
-              table3="Table 3: constant pre-attention layer norm scale")
-INTRO = ("Measure: {}, mean ± std over up to {} seeds. % of "
-         "benefit = 100 (method - random) / (natural - random), averaged over the tasks where "
-         "natural beats random by at least 3 pooled seed stds; [95% interval] over {} bootstrap "
-         "resamples of the seeds. Pre-train: the source's held-out token accuracy / exact match / "
-         "token accuracy of the best constant output (the bar for having learned anything).")
+TITLES = dict(table1="Table 1: pre-training sources (Experiment 1)", sweep="Experiment 2: the 18 "
+              "simple tasks as sources, ranked", table2="Table 2: a fresh model drawn from a "
+              "checkpoint's parameter statistics", table3="Table 3: constant pre-attention norm")
+INTRO = ("Measure: {}, mean ± std over up to {} seeds. % of benefit = 100 (method - random) / "
+         "(natural - random), averaged over the tasks where natural beats random by at least 3 "
+         "pooled seed stds; [95% interval] over {} bootstrap resamples of the seeds. Pre-train: "
+         "the source's held-out token accuracy / exact match / that of the best constant output.")
 
 def render_part(s, part) -> str:
     tasks = s["tasks"] if part == "table1" else s["tasks"][:1]
@@ -435,9 +422,9 @@ def render_part(s, part) -> str:
         f" ± {c['std']:.1f}" if c["n"] > 1 else "")
     pre = lambda m: " / ".join(_f(x and 100 * x) for x in m["pretrain"]) if m["source"] else "–"
     n = max([c["n"] for m in s["methods"].values() for c in m["per_task"].values()] or [0])
-    head = f"# {TITLES[part]}" if s["measure"] == "score" else "## The same on validation " \
-        "token accuracy (a secondary measure beside the paper's)"
-    text = [head, "", INTRO.format(MEASURES[s["measure"]][1], n, BOOTSTRAP), "", _md(
+    text = [f"# {TITLES[part]}" if s["measure"] == "score" else "## The same on validation token "
+            "accuracy (a secondary measure)", "", INTRO.format(MEASURES[s["measure"]][1], n,
+                                                               BOOTSTRAP), "", _md(
         ["method", "pre-train", *tasks, "% of benefit [95%]", "paper"],
         [[m["label"], pre(m), *[cell(m, t) for t in tasks], _pct(m),
           f"{PAPER[k]:.0f}%" if k in PAPER else ""] for k, m in zip(keys, ms)])]
@@ -447,8 +434,7 @@ def render_part(s, part) -> str:
     if part == "table1":
         text += ["", "% of benefit [95%] per task:", "", _md(["method", *tasks], [
             [m["label"], *[_pct(m["per_task"].get(t, {})) for t in tasks]] for m in ms])]
-    for t in (t for t in tasks if t in s["margins"]):
-        g = s["margins"][t]
+    for t, g in ((t, s["margins"][t]) for t in tasks if t in s["margins"]):
         text.append(f"\n{t}: natural - random = {g['diff']:+.2f}, pooled seed std "
                     f"{g['pooled_std']:.2f}: {'at least' if g['ok'] else 'BELOW'} the 3x margin, "
                     f"{'used in' if g['ok'] else 'left out of'} the % averages; "
@@ -456,12 +442,13 @@ def render_part(s, part) -> str:
     return "\n".join(text + [f"Failed/skipped: {e['id']}" for e in s["errors"]]) + "\n"
 
 def render_verdicts(s) -> str:
-    ours = lambda v: ("–" if v["ours"] is None else f"{v['ours']:.0f}%" if v["paper"] else  # noqa
-                      f"rank {v['ours']}") + f" [{_f(v['ci'][0], 0)}, {_f(v['ci'][1], 0)}]"
-    return "\n".join([f"## On {MEASURES[s['measure']][0]}", "", _md(["claim", "paper", "ours [95%]",
-                                                               "verdict"], [[
-        v["claim"], f"{v['paper']:.0f}%" if v["paper"] else "", ours(v), f"**{v['verdict']}**: "
-        f"{v['why']}"] for v in s["verdicts"]]), "", "Code: " + ", ".join(s["commits"])]) + "\n"
+    ci = lambda v: f" [{_f(v['ci'][0], 0)}, {_f(v['ci'][1], 0)}]"  # noqa: E731
+    rows = [[v["claim"], f"{v['paper']:.0f}%" if v["paper"] else "", ("–" if v["ours"] is None
+             else f"{v['ours']:.0f}%" if v["paper"] else f"rank {v['ours']}") + ci(v),
+             f"**{v['verdict']}**: {v['why']}"] for v in s["verdicts"]]
+    head = ["claim", "paper", "ours [95%]", "verdict"]
+    return "\n".join([f"## On {MEASURES[s['measure']][0]}", "", _md(head, rows), "",
+                      "Code: " + ", ".join(s["commits"])]) + "\n"
 
 def render_svg(title, rows, note) -> str:
     """A horizontal bar chart that cannot clip or overlap: a label column sized to the longest
@@ -491,7 +478,8 @@ def render_svg(title, rows, note) -> str:
         if paper is not None:
             s.append(f'<line x1="{x(paper):.1f}" y1="{y + 1}" x2="{x(paper):.1f}" y2="{y + 21}"'
                      ' stroke="black" stroke-width="3"/>')
-        num = "–" if v is None else f"{v:.0f}%" + (f" [{a:.0f}, {b:.0f}]" if a is not None else "")
+        num = "–" if v is None else f"{v:.0f}%" + (f" [{a:.0f}, {b:.0f}]" if a is not None
+                                                   else "")
         s.append(f'<text x="{lw + W + 20}" y="{y + 15}">{num}</text>')
     return "\n".join(s + [f'<text x="10" y="{end + 25}">{escape(note)}</text></svg>']) + "\n"
 

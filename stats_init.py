@@ -3,11 +3,11 @@
 Groups of a fresh model's parameters (SCHEMES) are redrawn from the float64 mean and population
 std of each group pooled in a pre-trained checkpoint (pretrain.py's .pt or a Hugging Face T5 folder,
 which gives the config); the embedding keeps its init. Table 3 sets the pre-attention norms to c.
-finetune.py runs both; this prints a scheme's groups: python stats_init.py --init=stats:<s>:<ckpt>
+finetune.py runs both (--init=stats:<scheme>:<checkpoint>, --init=preattn_ln:<c>); group_stats
+gives a scheme's groups and their statistics.
 Reading order: ..., finetune.py, stats_init.py (here), reproduce.py, ... Next: reproduce.py.
 """
 import os, re
-from dataclasses import dataclass
 
 import torch
 
@@ -87,24 +87,8 @@ def parse_spec(spec: str) -> tuple:
         return kind, name, path
     if kind == "preattn_ln" and re.fullmatch(r"\d*\.?\d+(e-?\d+)?", rest) and float(rest) > 0:
         return kind, float(rest), ""
-    if kind not in ("stats", "preattn_ln"):  # scratch, hf:<dir> or a checkpoint file
-        return kind, "", "" if spec == "scratch" else spec.removeprefix("hf:")
-    want = "stats:<scheme>:<checkpoint>" if kind == "stats" else "preattn_ln:<c>, a number c > 0"
-    raise config.UserError(f"--init={spec}: expected {want}")
-
-@dataclass
-class StatsInitConfig:
-    init: str = ""  # stats:<scheme>:<checkpoint>, a pretrain.py .pt or a Hugging Face T5 folder
-
-def main(argv: list[str]) -> None:
-    kind, scheme, path = parse_spec(spec := config.parse(StatsInitConfig, argv, doc=__doc__).init)
-    if kind != "stats":
-        raise config.UserError(f"--init={spec}: expected stats:<scheme>:<checkpoint> (its groups)")
-    state_dict, model_config = load_source(path)
-    groups = scheme_groups(model := T5(model_config), scheme)
-    print(f"{scheme} ({SCHEMES[scheme][0]}), {len(groups)} groups from {path}")
-    for g, (mean, std, n) in group_stats(state_dict, groups, model).items():
-        print(f"{g:<44} {len(groups[g]):>3} tensors {n:>9} values, mean {mean:.5f}, std {std:.5f}")
-
-if __name__ == "__main__":
-    config.main(main)
+    if kind not in ("stats", "preattn_ln") and (spec == "scratch" or spec.removeprefix("hf:")):
+        return kind, "", "" if spec == "scratch" else spec.removeprefix("hf:")  # or a checkpoint
+    want = dict(stats="stats:<scheme>:<checkpoint>", preattn_ln="preattn_ln:<c>, a number c > 0")
+    raise config.UserError(f"--init={spec}: expected " + want.get(
+        kind, "scratch, a checkpoint, hf:<dir>, stats:... or preattn_ln:<c>"))

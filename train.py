@@ -4,13 +4,7 @@ and DDP set-up, held-out evaluation, the log line's MFU, and last, marked off, t
 
 Reading order: ..., tasks.py, config.py, train.py (here), pretrain.py, ... Next: pretrain.py.
 """
-import ctypes
-import json
-import math
-import os
-import random
-import re
-import time
+import ctypes, json, math, os, random, re, time
 from collections import defaultdict
 from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass, fields

@@ -14,7 +14,7 @@ import torch
 
 from model import T5, get_config, hf_names
 from config import UserError
-from stats_init import (SCHEMES, group_stats, init_from_stats, load_source, main, parse_spec,
+from stats_init import (SCHEMES, group_stats, init_from_stats, load_source, parse_spec,
                         preattn_ln_init, scheme_groups)
 
 TINY = dict(vocab_size=256, d_model=64, d_kv=16, d_ff=128, num_heads=4)
@@ -187,7 +187,7 @@ def test_preattn_ln_init_sets_exactly_the_pre_attention_norms():
     assert all(torch.all(dict(model.named_parameters())[n] == 0.4) for n in changed)
 
 
-def test_init_spec_checkpoint_formats_and_cli(tmp_path, capsys):
+def test_init_spec_and_checkpoint_formats(tmp_path):
     model = fresh(RELU)
     sd = fake_pretrained(model)
     path = tmp_path / "ckpt_best.pt"
@@ -218,18 +218,9 @@ def test_init_spec_checkpoint_formats_and_cli(tmp_path, capsys):
     assert torch.equal(hf_sd["decoder.block.2.mlp.wo.weight"], sd["decoder.block.2.mlp.wo.weight"])
     assert hf_cfg == RELU and load_source(str(path))[1] == RELU
 
-    main([f"--init=stats:whole_model_scale:{path}"])   # the command prints the groups' statistics
-    printed = capsys.readouterr().out
     mean, std, n = group_stats(sd, scheme_groups(model, "whole_model_scale"), model)["relpos"]
-    assert "3 groups" in printed and f"{n:>9} values, mean {mean:.5f}, std {std:.5f}" in printed
-    with pytest.raises(UserError, match="preattn_ln_per_param_scale"):
-        main([f"--init=stats:bogus:{path}"])
-    with pytest.raises(UserError, match="preattn_ln:0.4: expected stats:<scheme>:<checkpoint>"):
-        main(["--init=preattn_ln:0.4"])                  # it sets no statistics: nothing to print
-    with pytest.raises(UserError, match="scratch: expected stats:<scheme>:<checkpoint>"):
-        main(["--init=scratch"])
-    with pytest.raises(UserError, match="unknown setting --ckpt; valid settings: init$"):
-        main([f"--ckpt={path}"])
-    with pytest.raises(SystemExit) as e:
-        main(["-h"])
-    assert e.value.code == 0 and "--init=" in capsys.readouterr().out
+    relpos = torch.cat([sd[k].double().flatten() for k in sd if "relative_attention_bias" in k])
+    assert n == relpos.numel() and mean == pytest.approx(relpos.mean().item())
+    for empty in ("hf:", ""):                                  # no path: not silently scratch
+        with pytest.raises(UserError, match="expected scratch, a checkpoint, hf:<dir>"):
+            parse_spec(empty)
