@@ -44,7 +44,7 @@ def test_cuda_without_a_gpu_says_so():
 def test_tiny_run_reports_consistent_rows(capsys, monkeypatch):
     peaks, peak_flops = {}, bench.peak_flops  # train.py's, recorded
     monkeypatch.setattr(bench, "peak_flops",
-                        lambda dev, dtype: peaks.setdefault(dtype, peak_flops(dev, dtype)))
+                        lambda dev, dtype: peaks.setdefault(dtype, peak_flops(dev, dtype, n=512)))
     rows = bench.main(TINY_RUN)
     assert [(r["model"], r["mode"]) for r in rows] == [("ours eager", "fp32"),
                                                        ("ours eager", "bf16")]
@@ -86,6 +86,7 @@ def test_compare_hf_interleaves_the_models(monkeypatch):
             return SimpleNamespace(loss=self.t5(**batch)[1])
 
     monkeypatch.setattr(bench, "hf_model", FakeHF)
+    monkeypatch.setattr(bench, "peak_flops", lambda dev, dtype: 1e12)   # tested above
     rows = bench.main(TINY_RUN + ["--modes=fp32", "--steps=3", "--compare_hf=True"])
     assert [r["model"] for r in rows] == ["ours eager", "HF eager"]
     assert rows[0]["hf_over_ours"] is None and rows[1]["hf_over_ours"] > 0

@@ -87,7 +87,7 @@ def test_missing_split_lists_both_layouts(tmp_path):
 
 def test_presets_and_overrides():
     cfg = get_finetune_config(["--task=retrosynthesis"])
-    assert cfg.preset == "cpu" and cfg.lr == 0.01
+    assert cfg.preset == "cpu" and cfg.lr == 0.03
     assert cfg.src_len == finetune.TASKS["retrosynthesis"]["cpu"]["src_len"]
     paper = get_finetune_config(["--task=webqsp", "--preset=paper", "--lr=0.01"])
     assert (paper.src_len, paper.tgt_len, paper.batch_size, paper.max_steps, paper.lr) == \
@@ -97,11 +97,12 @@ def test_presets_and_overrides():
     assert paper.ckpt_interval == paper.eval_interval == 5000 and paper.bucket == 0
     assert not paper.lowercase
     assert get_finetune_config(["--task=retrosynthesis", "--preset=paper"]).lr == 3e-3
-    # the CPU preset's retrosynthesis run: 1500 steps, evaluated once; the other tasks keep the
-    # preset's 800 steps and two evaluations; every CPU task is bucketed and runs the tiny T5
-    assert (cfg.max_steps, cfg.eval_interval, cfg.bucket, cfg.model) == (1500, 1500, 50, "tiny")
+    # one CPU budget for every task: 300 steps, three evaluations, greedy decoding of 1000 test
+    # examples (code translation: 200), bucketed, the tiny T5; the paper preset keeps beam 4
+    assert (cfg.max_steps, cfg.eval_interval, cfg.bucket, cfg.model) == (300, 100, 50, "tiny")
     mtop = get_finetune_config(["--task=mtop"])
-    assert (mtop.max_steps, mtop.eval_interval, mtop.bucket, mtop.n_test) == (800, 400, 50, 300)
+    assert (mtop.max_steps, mtop.eval_interval, mtop.bucket, mtop.n_test) == (300, 100, 50, 1000)
+    assert (mtop.num_beams, paper.num_beams) == (1, 4)
     assert (mtop.lr_schedule, mtop.z_loss, mtop.dropout, mtop.eval_at_start) == \
         ("constant", 1e-4, 0.1, False)
     retro = get_finetune_config(["--task=retrosynthesis", "--max_steps=300"])
@@ -126,9 +127,9 @@ def test_micro_batch_size_defaults_to_batch_size():
 
 def test_help_prints_the_values_that_run_for_the_task(capsys):
     with pytest.raises(SystemExit):
-        get_finetune_config(["--task=retrosynthesis", "-h"])
-    out = capsys.readouterr().out
-    assert "--max_steps=1500" in out and "--eval_interval=1500" in out and "--src_len=160" in out
+        get_finetune_config(["--task=code_translation", "-h"])
+    out = capsys.readouterr().out                       # the task's own values, then the scale's
+    assert "--n_test=200" in out and "--src_len=256" in out and "--max_steps=300" in out
     assert "--bucket=50" in out and "--model='tiny'" in out
     with pytest.raises(SystemExit):
         get_finetune_config(["--task=mtop", "--preset=paper", "-h"])

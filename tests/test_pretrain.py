@@ -5,6 +5,8 @@ import math
 import multiprocessing
 import os
 import random
+import runpy
+import socket
 import subprocess
 import sys
 
@@ -97,10 +99,11 @@ def test_bad_settings_are_user_errors_before_any_work(capsys):
     assert not os.path.exists("/nonexistent/never-written")
 
 
-def test_the_command_line_prints_a_user_error_in_one_line():
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "pretrain.py"), "--lr=-1"],
-                          capture_output=True, text=True, timeout=120)   # in the scratch folder
-    assert proc.returncode == 2 and proc.stderr == "error: --lr=-1.0 must be in (0, 1]\n"
+def test_the_command_line_prints_a_user_error_in_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["pretrain.py", "--lr=-1"])   # the script as run, in-process
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(os.path.join(ROOT, "pretrain.py"), run_name="__main__")
+    assert exit_.value.code == 2 and capsys.readouterr().err == "error: --lr=-1.0 must be in (0, 1]\n"
 
 
 # ------------------------------------------------------------------------ loop: resume, DDP, ...
@@ -147,12 +150,18 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path):
 
 def test_ddp_two_processes_equal_one(tmp_path):
     args = TINY + ["--max_steps=3", "--dropout=0.0", "--eval_interval=100"]
+    with socket.socket() as sock:                  # a free port for the two ranks to meet on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, WORLD_SIZE="2",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))   # what torchrun would set
+    ranks = [subprocess.Popen([sys.executable, "pretrain.py", *args, f"--out_dir={tmp_path / 'two'}"],
+                              cwd=ROOT, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"rank{r}", "w"))
+             for r in range(2)]                    # micro 0: 2 ranks x 4 = 8
     one = run(tmp_path / "one", "--max_steps=3", "--dropout=0.0", "--eval_interval=100")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "pretrain.py", *args, f"--out_dir={tmp_path / 'two'}"]   # micro 0: 2 ranks x 4 = 8
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r, proc in enumerate(ranks):
+        assert proc.wait(timeout=240) == 0, (tmp_path / f"rank{r}").read_text()[-3000:]
     a, b = params(tmp_path / "one" / "ckpt_last.pt"), params(tmp_path / "two" / "ckpt_last.pt")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)

@@ -280,7 +280,7 @@ DATA_DIR = os.environ.get("DATA_DIR") or os.path.join(ROOT, "..", "shared", "dat
                     reason="real data not found: set DATA_DIR or place it at ../shared/data")
 def test_bpe_on_real_data(tmp_path):
     # a small tokenizer from a capped slice of every corpus file; round trip on unseen text
-    tok = T.get_tokenizer(DATA_DIR, 1024, str(tmp_path / "tok.json"), max_chars_per_file=300_000,
+    tok = T.get_tokenizer(DATA_DIR, 1024, str(tmp_path / "tok.json"), max_chars_per_file=100_000,
                           progress=False)
     n_chars = n_tokens = 0
     for task in sorted(os.listdir(DATA_DIR)):
