@@ -103,7 +103,8 @@ def test_the_command_line_prints_a_user_error_in_one_line(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["pretrain.py", "--lr=-1"])   # the script as run, in-process
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(os.path.join(ROOT, "pretrain.py"), run_name="__main__")
-    assert exit_.value.code == 2 and capsys.readouterr().err == "error: --lr=-1.0 must be in (0, 1]\n"
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "error: --lr=-1.0 must be in (0, 1]\n"
 
 
 # ------------------------------------------------------------------------ loop: resume, DDP, ...
@@ -155,7 +156,8 @@ def test_ddp_two_processes_equal_one(tmp_path):
         port = sock.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, WORLD_SIZE="2",
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))   # what torchrun would set
-    ranks = [subprocess.Popen([sys.executable, "pretrain.py", *args, f"--out_dir={tmp_path / 'two'}"],
+    two = f"--out_dir={tmp_path / 'two'}"
+    ranks = [subprocess.Popen([sys.executable, "pretrain.py", *args, two],
                               cwd=ROOT, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"rank{r}", "w"))
              for r in range(2)]                    # micro 0: 2 ranks x 4 = 8
