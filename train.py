@@ -4,7 +4,7 @@ and DDP set-up, held-out evaluation, the log line's MFU, and last, marked off, t
 
 Reading order: ..., tasks.py, config.py, train.py (here), pretrain.py, ... Next: pretrain.py.
 """
-import ctypes, json, math, os, random, re, time
+import ctypes, functools, json, math, os, random, re, time
 from collections import defaultdict
 from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass, fields
@@ -356,7 +356,7 @@ def _optimizer_step(run) -> tuple:
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the datasheets; float32 runs use TF32 at half of these.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
-
+@functools.cache  # measured once per process
 def peak_flops(device, dtype=torch.bfloat16, n=4096, reps=5) -> float:
     """MFU's denominator: a known GPU's datasheet peak, else the best FLOP/s of `reps` square
     matmuls (a busy moment cannot inflate the MFU; torch.full leaves the RNG alone), their size

@@ -44,7 +44,7 @@ def test_cuda_without_a_gpu_says_so():
 def test_tiny_run_reports_consistent_rows(capsys, monkeypatch):
     peaks, peak_flops = {}, bench.peak_flops  # train.py's, recorded
     monkeypatch.setattr(bench, "peak_flops",
-                        lambda dev, dtype: peaks.setdefault(dtype, peak_flops(dev, dtype, n=512)))
+                        lambda dev, dtype: peaks.setdefault(dtype, peak_flops(dev, dtype, n=256)))
     rows = bench.main(TINY_RUN)
     assert [(r["model"], r["mode"]) for r in rows] == [("ours eager", "fp32"),
                                                        ("ours eager", "bf16")]
