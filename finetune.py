@@ -36,8 +36,7 @@ TASKS = {
     "webqsp": dict(cpu=dict(src_len=64, tgt_len=128), metric="em,f1", score="em",
                    paper=(2048, 256, 32, 50_000, 1e-3, 5_000, 256)),
     # SMILES: test EM stays near 0 in the CPU budget (0.7% after 1200 steps at lr 0.01)
-    "retrosynthesis": dict(cpu=dict(src_len=160, tgt_len=160),
-                           metric="em", score="em",
+    "retrosynthesis": dict(cpu=dict(src_len=160, tgt_len=160), metric="em", score="em",
                            paper=(256, 256, 128, 400_000, 3e-3, 10_000, 256)),
     "code_translation": dict(cpu=dict(src_len=256, tgt_len=256, n_test=200), metric="em",
                              score="em", paper=(1024, 1024, 32, 150_000, 3e-3, 10_000, 1024)),

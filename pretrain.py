@@ -141,8 +141,7 @@ def main(argv):
         config.write_json(os.path.join(cfg.out_dir, "result.json"), dict(   # last: "finished"
             task=cfg.task, step=out["step"], best_val_token_acc=out["best_token_acc"],
             best_step=out["best_step"], **{f"val_{k}": v for k, v in m.items()}, baselines=base,
-            cut_fraction=cut,
-            wall_s=time.time() - t0, config=asdict(cfg)))
+            cut_fraction=cut, wall_s=time.time() - t0, config=asdict(cfg)))
     return out
 
 if __name__ == "__main__":

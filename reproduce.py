@@ -6,8 +6,7 @@ nesting language, Set, Identity), sweep (Experiment 2: the 18 simple tasks), tab
 Set, LIME, Identity), table3 (constant pre-attention norm). A finished cell is reused only if its
 dependencies are the runs it was made from; a killed one resumes from its checkpoint; children die
 with this process. Writes the reports, results.json and run.log to --out.
-    python reproduce.py --scale=cpu                  # the CPU grid (~6 h on 2 cores), resumable
-    python reproduce.py --scale=cpu --dry_run=True   # its cells and commands
+    python reproduce.py --scale=cpu   # the CPU grid (~6 h on 2 cores), resumable; --dry_run=True
     python reproduce.py --scale=cpu --report_only=True   # the reports again from results.json
     python reproduce.py --scale=paper --t5_dir=data/t5-small --t5_v11_dir=data/t5-v1_1-small
 Reading order: ..., stats_init.py, reproduce.py (here), bench.py, data.py. Next: bench.py.
@@ -43,6 +42,7 @@ STATS_SCHEMES = ["per_param_mean_sd", "per_param_scale", "whole_model_scale",
                  "preattn_ln_per_param_scale"]
 LABELS = dict(random="Random init", natural="Natural pre-training", lime="LIME",
               per_param_mean_sd="Per Param Mean/SD", preattn_ln_per_param_scale="Pre-attn LN PPS")
+name = lambda key: LABELS.get(key, key.replace("_", " ").capitalize())  # noqa: E731  reports'
 PAPER = {"lime": 67.0, "set": 65.0, "stats": 39.0}   # % of benefit, means over six tasks
 BOOTSTRAP = 2000                                    # resamples of the seeds, numpy seed 0
 
@@ -90,8 +90,7 @@ def get_config(argv) -> ReproduceConfig:
                     jobs=d["jobs"], ln_values=",".join(map(str, d["ln_values"])),
                     out=f"results/{c.scale}")
     cfg = config.parse(ReproduceConfig, argv, defaults, __doc__)
-    for key in ("seeds", "sweep_seeds", "jobs"):
-        config.check_range(key, getattr(cfg, key), 1)
+    [config.check_range(key, getattr(cfg, key), 1) for key in ("seeds", "sweep_seeds", "jobs")]
     _list(cfg, "parts", valid=PARTS), _list(cfg, "tasks", valid=DOWNSTREAM)
     _list(cfg, "ln_values", float)
     return cfg
@@ -135,7 +134,7 @@ def build_cells(cfg) -> list:
                 cells[cid] = Cell(cid, "finetune", [
                     "python", "finetune.py", f"--task={t}", f"--init={init(t)}",
                     f"--out_dir={out(cid)}", f"--seed={seed}", *common], out(cid), list(deps),
-                    dict(method=method, label=label or LABELS.get(method, method.title()),
+                    dict(method=method, label=label or name(method),
                          parts=[part], task=t, seed=seed, source=src))
 
     nat_deps, nat_ckpt = pretrain("natural") if d["natural"] == "pretrain" else ([], None)
@@ -149,11 +148,11 @@ def build_cells(cfg) -> list:
     sources += [(s, "sweep", tasks[:1], cfg.sweep_seeds) for s in [*SIMPLE] * ("sweep" in parts)]
     for src, part, ts, n in sources:  # fine-tune the whole checkpoint
         deps, ckpt = pretrain(src)
-        finetune(src, part, lambda t, c=ckpt: c, ts, n, deps, src, LABELS.get(src))
+        finetune(src, part, lambda t, c=ckpt: c, ts, n, deps, src)
     for src in STATS_SOURCES * ("table2" in parts):  # only per-group statistics transfer
         deps, ckpt = pretrain(src)
         for sch in STATS_SCHEMES:
-            label = LABELS.get(sch, sch.replace("_", " ").title()) + f" (from {src.title()})"
+            label = f"{name(sch)} (from {name(src)})"
             finetune(f"stats-{sch}-{src}", "table2", lambda t, s=sch, c=ckpt: f"stats:{s}:{c}",
                      tasks[:1], cfg.seeds, deps, src, label)
     for c in _list(cfg, "ln_values", float) * ("table3" in parts):  # no checkpoint at all
@@ -426,7 +425,8 @@ def render_part(s, part) -> str:
             "accuracy (a secondary measure)", "", INTRO.format(MEASURES[s["measure"]][1], n,
                                                                BOOTSTRAP), "", _md(
         ["method", "pre-train", *tasks, "% of benefit [95%]", "paper"],
-        [[m["label"], pre(m), *[cell(m, t) for t in tasks], _pct(m),
+        [[m["label"], pre(m), *[cell(m, t) for t in tasks], _pct(m["per_task"].get(tasks[0], {})
+                                                                 if part == "sweep" else m),
           f"{PAPER[k]:.0f}%" if k in PAPER else ""] for k, m in zip(keys, ms)])]
     if part == "sweep" and s["sweep"]:
         text += ["", "95% interval of each source's rank: " + ", ".join(
@@ -490,20 +490,22 @@ def render_all(summaries) -> dict:
     for s in summaries:
         m, ts, tag = s["methods"], s["tasks"] or ["-"], "" if s["measure"] == "score" else "_acc"
         color = dict(table1="#4c72b0", sweep="#4c72b0", table2="#dd8452", table3="#55a868")
-        bar = lambda k: (m[k]["label"], m[k]["pct"], m[k]["pct_ci"], PAPER.get(k),  # noqa: E731
-                         "#888" if k in ("random", "natural") else color[m[k]["parts"][0]])
+        bar = lambda k, c=None: (m[k]["label"], (c or m[k]).get("pct"), (c or m[k]).get(  # noqa
+            "pct_ci", [None] * 2), PAPER.get(k, PAPER["stats"] * k.startswith("stats-") or None),
+                                 "#888" if k in ("random", "natural") else color[m[k]["parts"][0]])
         best = [max([k for k in m if p in m[k]["parts"] and m[k]["pct"] is not None and k not in (
             "random", "natural")], key=lambda k: m[k]["pct"], default=None) for p in PARTS[2:]]
         for p in (p for p in PARTS if any(p in x["parts"] for x in m.values())):
             out[f"{p}.md"] = out.get(f"{p}.md", "") + "\n" * bool(tag) + render_part(s, p)
         out["verdict.md"] += "\n" + render_verdicts(s)
-        what = f"% of natural pre-training's benefit on {MEASURES[s['measure']][0]}"
-        out[f"benefit{tag}.svg"] = render_svg(
-            f"{what}: mean over {', '.join(ts)} (tasks with the margin); Tables 2-3: best row",
+        what, ok = f"% of natural pre-training's benefit on {MEASURES[s['measure']][0]}", [
+            t for t in ts if s["margins"].get(t, {}).get("ok")]   # the tasks in the averages
+        out[f"benefit{tag}.svg"] = render_svg(f"{what}: mean over {', '.join(ok) or 'no task'} "
+                                              "(tasks with the margin); Tables 2-3: best row",
             [bar(k) for k in m if "table1" in m[k]["parts"]] + [bar(k) for k in best if k], note)
         if s["sweep"]:
-            out[f"sweep{tag}.svg"] = render_svg(f"Experiment 2, ranked: {what}, on {ts[0]}",
-                                                [bar(k) for k in s["sweep"]["order"]], note)
+            out[f"sweep{tag}.svg"] = render_svg(f"Experiment 2, ranked: {what}, on {ts[0]}", [
+                bar(k, m[k]["per_task"][ts[0]]) for k in s["sweep"]["order"]], note)  # its task
     return out
 
 def main(argv):

@@ -388,6 +388,35 @@ def test_sweep_ranking_and_rank_intervals():
     assert "sweep.md" in R.render_all([s]) and "sweep.svg" in R.render_all([s])
 
 
+def test_sweep_reports_each_source_on_the_sweep_task_alone():
+    """Set also has Table 1 rows: the sweep's chart and table show its % on MTOP, not its mean
+    over Table 1's tasks; labels read as words; the chart's title names the tasks averaged."""
+    recs = toy_records()
+    for seed in (0, 1):
+        recs += [rec("set", "mtop", seed, 16 + 2 * seed, ("table1", "sweep"), "set"),  # 30%
+                 rec("random", "webqsp", seed, 10 + seed), rec("natural", "webqsp", seed, 20 + seed),
+                 rec("set", "webqsp", seed, 20 + seed, source="set"),          # 100% on webqsp
+                 rec("copy", "mtop", seed, 14 + 3 * seed, ("sweep",), "copy"),
+                 rec("stats-x-set", "mtop", seed, 21, ("table2",), "set")]
+    s = R.summarize(recs)
+    assert s["methods"]["set"]["pct"] == pytest.approx((30 + 100) / 2)
+    out = R.render_all([s])
+    ns = "{http://www.w3.org/2000/svg}"
+    texts = [t.text for t in ET.fromstring(out["sweep.svg"]).iter(f"{ns}text")]
+    assert texts[texts.index("SET") + 1].startswith("30% [")        # label, then its number
+    row = next(line for line in out["sweep.md"].splitlines() if line.startswith("| SET |"))
+    assert row.split(" | ")[3].startswith("30% [")   # method, pre-train, mtop, % of benefit
+    benefit = ET.fromstring(out["benefit.svg"])
+    assert "mean over mtop, webqsp (tasks with the margin)" in next(benefit.iter(f"{ns}text")).text
+    ticks = [line for line in benefit.iter(f"{ns}line") if line.get("stroke-width") == "3"]
+    assert len(ticks) == 3                     # LIME's 67, Set's 65, the best scheme's 39
+    cells = {c.id: c for c in R.build_cells(R.get_config(["--scale=cpu"]))}
+    assert cells["ft-nonsense_summary-mtop-s0"].meta["label"] == "Nonsense summary"
+    assert cells["ft-stats-per_param_scale-lime-mtop-s0"].meta["label"] == \
+        "Per param scale (from LIME)"
+    assert cells["ft-last_token-mtop-s0"].meta["label"] == "Last token"
+
+
 def test_reports_hold_rows_numbers_and_verdicts():
     s, acc = R.summarize(toy_records()), R.summarize(toy_records(), "token_acc")
     assert acc["methods"]["lime"]["per_task"]["mtop"]["mean"] == pytest.approx(20)  # x100 of .2
