@@ -390,7 +390,7 @@ def load_safetensors(path) -> dict:
     data = torch.frombuffer(buf, dtype=torch.uint8)[8 + n:]
     for name, info in header.items():
         dtype, (lo, hi) = SAFETENSORS_DTYPES.get(info["dtype"]), info["data_offsets"]
-        raw = data[lo:hi].clone()  # own, aligned memory: the file image is dropped
+        raw = (data[lo:hi] if lo >= 0 else data[:0]).clone()  # own memory; no offset from the end
         if dtype is None or not len(raw) == hi - lo == math.prod(info["shape"]) * dtype.itemsize:
             raise ValueError(f"{path}: tensor {name!r}: unsupported dtype {info['dtype']}, or "
                              f"data_offsets {[lo, hi]} that do not fit its shape {info['shape']}")

@@ -405,6 +405,11 @@ def test_safetensors_reads_hand_built_file(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(struct.pack("<Q", len(bad)) + bad + f32)
     with pytest.raises(ValueError, match="tensor 'a'"):
         load_safetensors(tmp_path / "bad.safetensors")
+    # offsets counted from the end (negative) would read the last bytes of the file: refused
+    neg = json.dumps({"b": {"dtype": "F32", "shape": [1], "data_offsets": [-8, -4]}}).encode()
+    (tmp_path / "neg.safetensors").write_bytes(struct.pack("<Q", len(neg)) + neg + f32)
+    with pytest.raises(ValueError, match="data_offsets"):
+        load_safetensors(tmp_path / "neg.safetensors")
 
 
 @pytest.mark.parametrize("version", [V10, V11])
