@@ -42,7 +42,7 @@ STATS_SCHEMES = ["per_param_mean_sd", "per_param_scale", "whole_model_scale",
                  "preattn_ln_per_param_scale"]
 LABELS = dict(random="Random init", natural="Natural pre-training", lime="LIME",
               per_param_mean_sd="Per Param Mean/SD", preattn_ln_per_param_scale="Pre-attn LN PPS")
-name = lambda key: LABELS.get(key, key.replace("_", " ").capitalize())  # noqa: E731  reports'
+name = lambda key: LABELS.get(key, key.replace("_", " ").capitalize())  # noqa: E731  as reported
 PAPER = {"lime": 67.0, "set": 65.0, "stats": 39.0}   # % of benefit, means over six tasks
 BOOTSTRAP = 2000                                    # resamples of the seeds, numpy seed 0
 
@@ -152,9 +152,8 @@ def build_cells(cfg) -> list:
     for src in STATS_SOURCES * ("table2" in parts):  # only per-group statistics transfer
         deps, ckpt = pretrain(src)
         for sch in STATS_SCHEMES:
-            label = f"{name(sch)} (from {name(src)})"
             finetune(f"stats-{sch}-{src}", "table2", lambda t, s=sch, c=ckpt: f"stats:{s}:{c}",
-                     tasks[:1], cfg.seeds, deps, src, label)
+                     tasks[:1], cfg.seeds, deps, src, f"{name(sch)} (from {name(src)})")
     for c in _list(cfg, "ln_values", float) * ("table3" in parts):  # no checkpoint at all
         finetune(f"ln{c:g}", "table3", lambda t, c=c: f"preattn_ln:{c:g}", tasks[:1], cfg.seeds,
                  label=f"Pre-attn LN = {c:g}")
@@ -490,9 +489,10 @@ def render_all(summaries) -> dict:
     for s in summaries:
         m, ts, tag = s["methods"], s["tasks"] or ["-"], "" if s["measure"] == "score" else "_acc"
         color = dict(table1="#4c72b0", sweep="#4c72b0", table2="#dd8452", table3="#55a868")
-        bar = lambda k, c=None: (m[k]["label"], (c or m[k]).get("pct"), (c or m[k]).get(  # noqa
-            "pct_ci", [None] * 2), PAPER.get(k, PAPER["stats"] * k.startswith("stats-") or None),
-                                 "#888" if k in ("random", "natural") else color[m[k]["parts"][0]])
+        def bar(k, nums=None):  # a chart row; nums: the % shown, default the method's mean one
+            nums, paper = nums or m[k], PAPER["stats"] if k.startswith("stats-") else PAPER.get(k)
+            return (m[k]["label"], nums.get("pct"), nums.get("pct_ci", [None] * 2), paper,
+                    "#888" if k in ("random", "natural") else color[m[k]["parts"][0]])
         best = [max([k for k in m if p in m[k]["parts"] and m[k]["pct"] is not None and k not in (
             "random", "natural")], key=lambda k: m[k]["pct"], default=None) for p in PARTS[2:]]
         for p in (p for p in PARTS if any(p in x["parts"] for x in m.values())):
