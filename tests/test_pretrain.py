@@ -157,13 +157,19 @@ def test_ddp_two_processes_equal_one(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, WORLD_SIZE="2",
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))   # what torchrun would set
     two = f"--out_dir={tmp_path / 'two'}"
+    logs = [open(tmp_path / f"rank{r}", "w") for r in range(2)]
     ranks = [subprocess.Popen([sys.executable, "pretrain.py", *args, two],
                               cwd=ROOT, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"rank{r}", "w"))
+                              stdout=subprocess.DEVNULL, stderr=logs[r])
              for r in range(2)]                    # micro 0: 2 ranks x 4 = 8
-    one = run(tmp_path / "one", "--max_steps=3", "--dropout=0.0", "--eval_interval=100")
-    for r, proc in enumerate(ranks):
-        assert proc.wait(timeout=240) == 0, (tmp_path / f"rank{r}").read_text()[-3000:]
+    try:                                           # the one-process run while the ranks start
+        one = run(tmp_path / "one", "--max_steps=3", "--dropout=0.0", "--eval_interval=100")
+        for r, proc in enumerate(ranks):
+            assert proc.wait(timeout=240) == 0, (tmp_path / f"rank{r}").read_text()[-3000:]
+    finally:                                       # no rank outlives a failure; logs closed
+        for proc, log in zip(ranks, logs):
+            proc.kill()
+            log.close()
     a, b = params(tmp_path / "one" / "ckpt_last.pt"), params(tmp_path / "two" / "ckpt_last.pt")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
