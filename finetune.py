@@ -82,7 +82,7 @@ class FinetuneConfig(TrainConfig):
     model: str = "tiny"            # model.PRESETS name for --init=scratch and preattn_ln
     dropout: float = 0.1           # the paper's
     n_test: int = 0                # test examples decoded; 0 = all
-    num_beams: int = 4             # the paper's beam 4, brevity penalty alpha 0.6
+    num_beams: int = 4             # beams (the paper: 4, brevity penalty alpha 0.6); 1 = greedy
     max_decode: int = 128          # decoding budget in tokens
 
 def get_finetune_config(argv) -> tuple:
