@@ -6,7 +6,7 @@ nesting language, Set, Identity), sweep (Experiment 2: the 18 simple tasks), tab
 Set, LIME, Identity), table3 (constant pre-attention norm). A finished cell is reused only if its
 dependencies are the runs it was made from; a killed one resumes from its checkpoint; children die
 with this process. Writes the reports, results.json and run.log to --out.
-    python reproduce.py --scale=cpu   # the CPU grid (~6 h on 2 cores), resumable; --dry_run=True
+    python reproduce.py --scale=cpu   # the CPU grid (~8.5 h on 2 cores), resumable; --dry_run=True
     python reproduce.py --scale=cpu --report_only=True   # the reports again from results.json
     python reproduce.py --scale=paper --t5_dir=data/t5-small --t5_v11_dir=data/t5-v1_1-small
 Reading order: ..., stats_init.py, reproduce.py (here), bench.py, data.py. Next: bench.py.
