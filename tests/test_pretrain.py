@@ -149,31 +149,54 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
-def test_ddp_two_processes_equal_one(tmp_path):
-    args = TINY + ["--max_steps=3", "--dropout=0.0", "--eval_interval=100"]
+def start_two_ranks(out_dir, args):
+    """pretrain.py started as torchrun would, 2 ranks on this host: (processes, stderr files)."""
     with socket.socket() as sock:                  # a free port for the two ranks to meet on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, WORLD_SIZE="2",
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))   # what torchrun would set
-    two = f"--out_dir={tmp_path / 'two'}"
-    logs = [open(tmp_path / f"rank{r}", "w") for r in range(2)]
-    ranks = [subprocess.Popen([sys.executable, "pretrain.py", *args, two],
-                              cwd=ROOT, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-                              stdout=subprocess.DEVNULL, stderr=logs[r])
-             for r in range(2)]                    # micro 0: 2 ranks x 4 = 8
+    logs, procs = [out_dir.with_name(f"{out_dir.name}.rank{r}") for r in range(2)], []
+    for r, log in enumerate(logs):
+        with open(log, "w") as err:                # the child keeps its own handle
+            procs.append(subprocess.Popen(
+                [sys.executable, "pretrain.py", *args, f"--out_dir={out_dir}"], cwd=ROOT,
+                env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.DEVNULL,
+                stderr=err))
+    return procs, logs
+
+
+def finish(procs, logs):
+    """Wait for the ranks (none outlives a failure): (return codes, stderr texts)."""
+    try:
+        return [p.wait(timeout=240) for p in procs], [log.read_text() for log in logs]
+    finally:
+        for p in procs:
+            p.kill()
+
+
+# Gloo's teardown rarely (one CI run in many; none in 26 tries on a 2-core host) aborts a finished
+# rank at exit: SIGABRT, and this line its only output. A race inside PyTorch after
+# destroy_process_group: the pair is relaunched once for it alone. Anything else fails at once.
+GLOO_EXIT_ABORT = "terminate called without an active exception"
+
+
+def test_ddp_two_processes_equal_one(tmp_path):
+    args = TINY + ["--max_steps=3", "--dropout=0.0", "--eval_interval=100"]
+    two, ranks = tmp_path / "two", start_two_ranks(tmp_path / "two", args)   # 2 ranks x 4 = 8
     try:                                           # the one-process run while the ranks start
         one = run(tmp_path / "one", "--max_steps=3", "--dropout=0.0", "--eval_interval=100")
-        for r, proc in enumerate(ranks):
-            assert proc.wait(timeout=240) == 0, (tmp_path / f"rank{r}").read_text()[-3000:]
-    finally:                                       # no rank outlives a failure; logs closed
-        for proc, log in zip(ranks, logs):
-            proc.kill()
-            log.close()
-    a, b = params(tmp_path / "one" / "ckpt_last.pt"), params(tmp_path / "two" / "ckpt_last.pt")
+    finally:
+        codes, errs = finish(*ranks)
+    if codes != [0, 0] and all(c == 0 or (c == -6 and e.strip() == GLOO_EXIT_ABORT)
+                               for c, e in zip(codes, errs)):
+        two = tmp_path / "two_again"
+        codes, errs = finish(*start_two_ranks(two, args))
+    assert codes == [0, 0], [e[-3000:] for e in errs]
+    a, b = params(tmp_path / "one" / "ckpt_last.pt"), params(two / "ckpt_last.pt")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
-    assert one["step"] == 3 and load_checkpoint(str(tmp_path / "two" / "ckpt_last.pt"))["step"] == 3
+    assert one["step"] == 3 and load_checkpoint(str(two / "ckpt_last.pt"))["step"] == 3
 
 
 def test_bfloat16(tmp_path):
