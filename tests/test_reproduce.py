@@ -492,3 +492,5 @@ def test_main_end_to_end_with_fake_runner(tmp_path, monkeypatch):
 def test_table_numbers_never_show_minus_zero():
     cases = [(-0.0, 0), (-0.3, 0), (-0.04, 1), (-0.6, 0), (12.345, 1), (None, 1)]
     assert [R._f(x, n) for x, n in cases] == ["0", "0", "0.0", "-1", "12.3", "–"]
+    svg = ET.fromstring(R.render_svg("t", [("LIME", 17.2, [-0.3, 30.4], 67, "#4c72b0")], "n"))
+    assert "17% [0, 30]" in [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
