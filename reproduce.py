@@ -477,9 +477,7 @@ def render_svg(title, rows, note) -> str:
         if paper is not None:
             s.append(f'<line x1="{x(paper):.1f}" y1="{y + 1}" x2="{x(paper):.1f}" y2="{y + 21}"'
                      ' stroke="black" stroke-width="3"/>')
-        num = "–" if v is None else f"{_f(v, 0)}%" + (  # _f: never "-0"
-            f" [{_f(a, 0)}, {_f(b, 0)}]" if a is not None else "")
-        s.append(f'<text x="{lw + W + 20}" y="{y + 15}">{num}</text>')
+        s.append(f'<text x="{lw + W + 20}" y="{y + 15}">{_pct(dict(pct=v, pct_ci=[a, b]))}</text>')
     return "\n".join(s + [f'<text x="10" y="{end + 25}">{escape(note)}</text></svg>']) + "\n"
 
 def render_all(summaries) -> dict:
